@@ -1,0 +1,5 @@
+"""The ``leafe`` command line (``leafe --help``)."""
+
+from leafe_jax.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,1 @@
+"""Environments (pure JAX, gymnax API)."""
