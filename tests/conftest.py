@@ -1,0 +1,22 @@
+"""Shared fixtures. Compiled functions are shared per session: JAX compilation dominates."""
+
+import os
+import pathlib
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def boxoban_dir() -> pathlib.Path:
+    """The sample Boxoban files (``../shared/data/boxoban`` beside the checkout)."""
+    return pathlib.Path(os.environ.get("LEAFE_BOXOBAN_DIR", REPO.parent / "shared" / "data" / "boxoban"))
+
+
+@pytest.fixture(scope="session")
+def boxoban_path() -> pathlib.Path:
+    d = boxoban_dir()
+    if not (d / "unfiltered" / "train" / "000.txt").is_file():
+        pytest.skip(f"Boxoban sample files not found at {d} (set LEAFE_BOXOBAN_DIR); "
+                    "CI has them beside the checkout")
+    return d
