@@ -28,10 +28,10 @@ import numpy as np
 from flax import struct
 
 from leafe_jax.envs.sokoban import constants as C
-from leafe_jax.envs.sokoban.grid import flat_bfs_distance, flat_shift, shift
+from leafe_jax.envs.sokoban.grid import (bfs_layers, flat_shift, layer_of, pack_rows, shift,
+                                         unpack_rows)
 from leafe_jax.envs.sokoban.level import Level
 
-_INF = 10_000
 # gym-sokoban's five carving masks.
 _MASKS = np.array([
     [[0, 0, 0], [1, 1, 1], [0, 0, 0]],
@@ -57,6 +57,7 @@ class GeneratorConfig:
     on_target_bonus: float = 3.0     # logit bonus for pulling a box still on a target
     relocate_player: bool = True     # finish with a walk to a random reachable cell
     max_tries: int = 32
+    max_walk: int | None = None      # longest player walk between pulls (default 2 * (H + W))
 
     def __post_init__(self):
         if self.height < 4 or self.width < 4:
@@ -68,6 +69,10 @@ class GeneratorConfig:
         if (self.height - 2) * (self.width - 2) < self.num_boxes + 2:
             raise ValueError(f"a {self.height}x{self.width} room cannot hold "
                              f"{self.num_boxes} boxes and a player")
+
+    @property
+    def walk_cap(self) -> int:
+        return self.max_walk if self.max_walk is not None else 2 * (self.height + self.width)
 
     @property
     def carve_steps(self) -> int:
@@ -112,61 +117,91 @@ def carve_room(key: jax.Array, cfg: GeneratorConfig) -> jax.Array:
     return level & border
 
 
-def _walk(buf, length, dist_flat, goal, deltas, do):
-    """Write the shortest walk ending at ``goal`` (``dist`` measured from the player)
-    into ``buf[length : length + dist[goal]]`` if ``do``; returns the new buffer."""
-    k = jnp.where(do, dist_flat[goal], 0)
+def _walk(buf, length, layers, goal, steps, width, deltas):
+    """Write the shortest walk from the BFS start to ``goal`` (``steps`` long, its layer)
+    into ``buf[length : length + steps]``, tracing predecessors back through the layers."""
+    al = jnp.arange(buf.shape[0])
 
     def body(carry):
         buf, cell, j = carry
-        nd = dist_flat[cell - deltas]        # neighbour we came from, per action
-        a = jnp.argmax(nd == j - 1)          # first action whose predecessor is closer
-        buf = buf.at[length + j - 1].set(a.astype(jnp.int32), mode="drop")
-        return buf, cell - deltas[a], j - 1
+        prev = layers[j - 1]                               # cells one step closer
+        pred = cell - deltas                               # predecessor per action
+        on = (prev[pred // width] >> (pred % width).astype(jnp.uint32)) & 1
+        a = jnp.argmax(on != 0)
+        buf = jnp.where(al == length + j - 1, a.astype(jnp.int32), buf)
+        return buf, pred[a], j - 1
 
-    buf, _, _ = jax.lax.while_loop(lambda c: c[2] > 0, body, (buf, goal, k))
+    buf, _, _ = jax.lax.while_loop(lambda c: c[2] > 0, body, (buf, goal, steps))
     return buf
 
 
+def _sample(key, ok, logits):
+    """Index drawn with probability ~ ``ok * exp(logits)``, and whether any was allowed.
+
+    Two-level inverse CDF from two uniforms: pick a block of ~sqrt(N) candidates by the
+    block totals, then a candidate inside it. (A Gumbel per candidate costs hundreds of
+    threefry draws per pull, and a flat ``cumsum`` over N is a quadratic reduce-window
+    on XLA:CPU.)
+    """
+    N = ok.shape[0]
+    b = max(1, int(np.ceil(np.sqrt(N))))
+    a = -(-N // b)
+    w = jnp.where(ok, jnp.exp(logits - jnp.max(jnp.where(ok, logits, -1e30))), 0.0)
+    w = jnp.pad(w, (0, a * b - N)).reshape(a, b)
+    u1, u2 = jax.random.uniform(key, (2,))
+    rows = jnp.cumsum(w.sum(1))
+    r = jnp.minimum(jnp.sum(rows <= u1 * rows[-1]), a - 1)
+    row = w[r]
+    cols = jnp.cumsum(row)
+    c = jnp.minimum(jnp.sum(cols <= u2 * cols[-1]), b - 1)
+    # Guard against float round-off landing on a zero-weight slot: fall back to the last
+    # allowed candidate of the row.
+    c = jnp.where(row[c] > 0, c, b - 1 - jnp.argmax(row[::-1] > 0))
+    return jnp.minimum(r * b + c, N - 1), rows[-1] > 0
+
+
 def _reverse_play(key, floor, targets, player, cfg: GeneratorConfig):
-    """Random reverse game on flat grids (dense shifts only: gathers are slow on CPU)."""
+    """Random reverse game: candidate sets are dense flat shifts, walks come from a
+    bitboard BFS (gathers and per-cell loops are slow on CPU)."""
     H, W = cfg.height, cfg.width
     n = H * W
     L = cfg.max_solution_steps
     deltas = (-W, W, -1, 1)
     deltas_arr = jnp.array(deltas, jnp.int32)
     ar = jnp.arange(n)
+    al = jnp.arange(L)
+
+    def bfs(free, player, depth):
+        layers, seen = bfs_layers(pack_rows(free.reshape(H, W)), player, W, depth,
+                                  cfg.walk_cap + 1)
+        return layers, unpack_rows(seen, W).reshape(-1)
 
     def pull(carry, k):
         boxes, player, buf, length, last_box, last_dir, pulls = carry
         free = floor & ~boxes
-        dist = flat_bfs_distance(free, ar == player, W, _INF)
         remaining = L - length
         # Pull u: the box at b moves to b+u; the player walks to q = b+u, steps to b+2u.
+        layers, reach = bfs(free, player, remaining - 1)
         ok, logits = [], []
         for u, d in enumerate(deltas):
-            dist_q = flat_shift(dist, d, _INF)
-            ok.append(boxes & flat_shift(free, d, False) & flat_shift(free, 2 * d, False)
-                      & (dist_q + 1 <= remaining))
+            ok.append(boxes & flat_shift(reach, d, False) & flat_shift(free, 2 * d, False))
             lg = jnp.where((ar == last_box) & (last_dir == u), cfg.repeat_bonus, 0.0)
             # Favour emptying targets, avoid filling them (the level needs all targets empty).
             lg += cfg.on_target_bonus * (targets.astype(jnp.float32)
                                          - flat_shift(targets, d, False).astype(jnp.float32))
             logits.append(lg)
-        ok, logits = jnp.stack(ok), jnp.stack(logits)              # [4, n]
-        score = jnp.where(ok, logits + jax.random.gumbel(k, ok.shape), -jnp.inf)
-        flat = jnp.argmax(score.reshape(-1))
+        ok, logits = jnp.stack(ok).reshape(-1), jnp.stack(logits).reshape(-1)   # [4n]
+        flat, do = _sample(k, ok, logits)
         u, b = flat // n, flat % n
-        do = ok.reshape(-1)[flat]
         du = deltas_arr[u]
         goal = b + du
-        k_walk = jnp.where(do, dist[goal], 0)
-        new_buf = _walk(buf, length, dist, goal, deltas_arr, do)
-        new_buf = jnp.where(do & (jnp.arange(L) == length + k_walk), u.astype(jnp.int32), new_buf)
+        steps = jnp.where(do, layer_of(layers, goal, W), 0)
+        new_buf = _walk(buf, length, layers, goal, steps, W, deltas_arr)
+        new_buf = jnp.where(do & (al == length + steps), u.astype(jnp.int32), new_buf)
         moved = (ar == b) | (ar == goal)
         new_boxes = jnp.where(do & moved, ar == goal, boxes)
         out = (new_boxes, jnp.where(do, goal + du, player), new_buf,
-               jnp.where(do, length + k_walk + 1, length),
+               jnp.where(do, length + steps + 1, length),
                jnp.where(do, goal, last_box), jnp.where(do, u, last_dir), pulls + do)
         return out, None
 
@@ -176,13 +211,11 @@ def _reverse_play(key, floor, targets, player, cfg: GeneratorConfig):
     (boxes, player, buf, length, _, _, pulls), _ = jax.lax.scan(
         pull, carry0, jax.random.split(k_pulls, cfg.num_pulls))
     if cfg.relocate_player:
-        free = floor & ~boxes
-        dist = flat_bfs_distance(free, ar == player, W, _INF)
-        ok = (dist <= L - length) & ~targets
-        goal = jnp.argmax(jnp.where(ok, jax.random.gumbel(k_reloc, (n,)), -jnp.inf))
-        do = ok[goal]
-        buf = _walk(buf, length, dist, goal, deltas_arr, do)
-        length = jnp.where(do, length + dist[goal], length)
+        layers, reach = bfs(floor & ~boxes, player, L - length)
+        goal, do = _sample(k_reloc, reach & ~targets, jnp.zeros(n))
+        steps = jnp.where(do, layer_of(layers, goal, W), 0)
+        buf = _walk(buf, length, layers, goal, steps, W, deltas_arr)
+        length = length + steps
         player = jnp.where(do, goal, player)
     return boxes, player, buf, length, pulls
 
@@ -246,7 +279,7 @@ def _attempt_chunk(key, cfg: GeneratorConfig, chunk: int) -> GeneratedLevel:
 
 
 def generate_levels(key: jax.Array, num: int, cfg: GeneratorConfig, *,
-                    chunk: int = 1024, max_rounds: int = 1000) -> GeneratedLevel:
+                    chunk: int = 2048, max_rounds: int = 1000) -> GeneratedLevel:
     """``num`` valid levels with solutions, batched on device.
 
     Runs chunks of ``chunk`` independent attempts (one jitted, vmapped call each; no
@@ -258,12 +291,12 @@ def generate_levels(key: jax.Array, num: int, cfg: GeneratorConfig, *,
         raise ValueError(f"num must be >= 1, got {num}")
     parts, have = [], 0
     for r in range(max_rounds):
-        out = _attempt_chunk(jax.random.fold_in(key, r), cfg, chunk)
-        keep = np.flatnonzero(np.asarray(out.valid))[: num - have]
-        if len(keep):
+        out = jax.tree.map(np.asarray, _attempt_chunk(jax.random.fold_in(key, r), cfg, chunk))
+        keep = np.flatnonzero(out.valid)[: num - have]     # compaction on the host: no
+        if len(keep):                                      # per-shape device recompiles
             parts.append(jax.tree.map(lambda x: x[keep], out))
             have += len(keep)
         if have == num:
-            return jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+            return jax.tree.map(lambda *xs: jnp.asarray(np.concatenate(xs)), *parts)
     raise RuntimeError(f"{cfg}: only {have} of {num} valid levels after {max_rounds} rounds "
                        f"of {chunk} attempts; the room is too small for its boxes")

@@ -1,4 +1,4 @@
-"""Shifts and fixed-point fills on 2-D grids (pure JAX, unbatched; vmap at the edge).
+"""Grid shifts and bitboard breadth-first search (pure JAX, unbatched; vmap at the edge).
 
 Used for level analysis (push distances, dead squares) and by the level generator
 (player reachability, shortest walks). Cells outside the grid read as ``fill``.
@@ -6,8 +6,6 @@ Used for level analysis (push distances, dead squares) and by the level generato
 
 import jax
 import jax.numpy as jnp
-
-from leafe_jax.envs.sokoban.constants import ACTION_DELTAS
 
 
 def shift(x_HxW: jax.Array, dr: int, dc: int, fill) -> jax.Array:
@@ -33,45 +31,61 @@ def flat_shift(x_N: jax.Array, k: int, fill) -> jax.Array:
     return jax.lax.slice(xp, (max(k, 0),), (max(k, 0) + n,))
 
 
-def flat_bfs_distance(free_N: jax.Array, source_N: jax.Array, width: int,
-                      inf: int = 10_000) -> jax.Array:
-    """``bfs_distance`` on a flat row-major grid enclosed by walls (cheaper: no 2-D pads)."""
-    deltas = (-width, width, -1, 1)
-    dist0 = jnp.where(source_N & free_N, 0, inf).astype(jnp.int32)
+# ------------------------------------------------------------------ bitboards
+# A set of cells as one uint32 per row (bit c = column c; W <= 32). A BFS layer costs a few
+# word operations per row instead of a pass over every cell: the generator runs one BFS
+# per reverse pull, so this is its hot loop.
 
-    def body(carry):
-        dist, _ = carry
-        best = dist
-        for d in deltas:
-            best = jnp.minimum(best, flat_shift(dist, d, inf) + 1)
-        best = jnp.where(free_N, jnp.minimum(best, inf), inf)
-        return best, jnp.any(best != dist)
-
-    dist, _ = jax.lax.while_loop(lambda c: c[1], body, (dist0, jnp.array(True)))
-    return dist
+def pack_rows(mask_HxW: jax.Array) -> jax.Array:
+    """bool [H, W] -> uint32 [H]."""
+    W = mask_HxW.shape[-1]
+    if W > 32:
+        raise ValueError(f"bitboards hold at most 32 columns, got {W}")
+    weights = (jnp.uint32(1) << jnp.arange(W, dtype=jnp.uint32))
+    return jnp.sum(jnp.where(mask_HxW, weights, jnp.uint32(0)), axis=-1, dtype=jnp.uint32)
 
 
-def bfs_distance(free_HxW: jax.Array, source_HxW: jax.Array, inf: int = 10_000) -> jax.Array:
-    """Shortest 4-connected walking distance from any ``source`` cell through ``free`` cells.
+def unpack_rows(rows_H: jax.Array, width: int) -> jax.Array:
+    """uint32 [H] -> bool [H, W]."""
+    return ((rows_H[:, None] >> jnp.arange(width, dtype=jnp.uint32)) & 1) != 0
 
-    Unreachable cells get ``inf``. Runs a relaxation ``while_loop`` until nothing changes
-    (iterations = the largest finite distance + 1).
+
+def _neighbours(rows):
+    z = jnp.zeros((1,), rows.dtype)
+    vert = jnp.concatenate([z, rows[:-1]]) | jnp.concatenate([rows[1:], z])
+    return (rows << 1) | (rows >> 1) | vert
+
+
+def bfs_layers(free_rows: jax.Array, start: jax.Array, width: int, max_depth,
+               num_layers: int) -> tuple[jax.Array, jax.Array]:
+    """Breadth-first layers from flat cell ``start`` through the ``free`` bitboard.
+
+    Returns ``(layers, reached)``: ``layers[k]`` (uint32 [num_layers, H]) is the set of cells
+    at walking distance exactly ``k`` for ``k <= max_depth`` (a traced int; deeper layers are
+    empty), and ``reached`` (uint32 [H]) every cell within ``max_depth``. The loop has the
+    static trip count ``num_layers - 1``: under ``vmap`` a data-dependent ``while_loop``
+    would ``select`` its whole carry (all layers) every iteration, which costs far more than
+    the no-op iterations of finished elements. Assumes a wall border (no free cell on the
+    edge), so bit shifts never carry a free cell across rows.
     """
-    dist0 = jnp.where(source_HxW & free_HxW, 0, inf).astype(jnp.int32)
+    H = free_rows.shape[0]
+    r0, c0 = start // width, start % width
+    first = jnp.where(jnp.arange(H) == r0, jnp.uint32(1) << c0.astype(jnp.uint32), jnp.uint32(0))
+    first = first & free_rows
+    layers0 = jnp.zeros((num_layers, H), jnp.uint32).at[0].set(first)
 
-    def relax(dist):
-        best = dist
-        for dr, dc in ACTION_DELTAS.tolist():
-            best = jnp.minimum(best, shift(dist, dr, dc, inf) + 1)
-        return jnp.where(free_HxW, jnp.minimum(best, inf), inf)
+    def body(k, c):
+        layers, frontier, seen = c
+        new = _neighbours(frontier) & free_rows & ~seen
+        new = jnp.where(k < max_depth, new, jnp.uint32(0))
+        layers = jax.lax.dynamic_update_index_in_dim(layers, new, k + 1, 0)
+        return layers, new, seen | new
 
-    def cond(carry):
-        return carry[1]
+    layers, _, seen = jax.lax.fori_loop(0, num_layers - 1, body, (layers0, first, first))
+    return layers, seen
 
-    def body(carry):
-        dist, _ = carry
-        new = relax(dist)
-        return new, jnp.any(new != dist)
 
-    dist, _ = jax.lax.while_loop(cond, body, (dist0, jnp.array(True)))
-    return dist
+def layer_of(layers: jax.Array, cell: jax.Array, width: int) -> jax.Array:
+    """Walking distance of ``cell`` in ``bfs_layers`` output (``num_layers`` if unreached)."""
+    bits = (layers[:, cell // width] >> (cell % width).astype(jnp.uint32)) & 1
+    return jnp.where(jnp.any(bits != 0), jnp.argmax(bits), layers.shape[0]).astype(jnp.int32)

@@ -37,7 +37,7 @@ PRESETS = {p.name: p for p in [
     Preset(name="6x6_2box", height=6, width=6, num_boxes=2, max_steps=30, num_pulls=8),
     Preset(name="7x7_2box", height=7, width=7, num_boxes=2, max_steps=40, num_pulls=10),
     Preset(name="8x8_3box", height=8, width=8, num_boxes=3, max_steps=60, num_pulls=14),
-    Preset(name="boxoban10x10", height=10, width=10, num_boxes=4, max_steps=120, num_pulls=20),
+    Preset(name="boxoban10x10", height=10, width=10, num_boxes=4, max_steps=120, num_pulls=16),
 ]}
 
 
