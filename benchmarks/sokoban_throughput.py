@@ -134,6 +134,8 @@ def gym_sokoban_steps(levels_grid, levels_player, steps=20000, text=False):
 
 
 def generation(num, repeats, gym_levels):
+    """Ours: median of `repeats` batched runs of `num` levels; gym-sokoban: median over
+    `gym_levels` single levels."""
     cfg = get_preset("boxoban10x10").generator
     jax.block_until_ready(generate_levels(jax.random.key(0), num, cfg))   # compile
     times = []

@@ -189,3 +189,39 @@ def test_onehot_observation(corridor):
     grid = np.asarray(env.reset_to_level(lvl)[0])
     assert np.array_equal(np.asarray(obs).argmax(-1), grid)
     assert env1.observation_space().shape == (env.height, env.width, 7)
+
+
+def test_vmapped_steps_equal_single_env_steps():
+    from leafe_jax.envs.sokoban import generate_levels, get_preset
+
+    p = get_preset("6x6_2box")
+    env = p.make_env()
+    params = env.default_params
+    g = generate_levels(jax.random.key(4), 8, p.generator, chunk=256)
+    actions = np.asarray(jax.random.randint(jax.random.key(5), (8, 20), 0, 4))
+    _, s0 = jax.vmap(env.reset_to_level, in_axes=(0, None))(g.level, params)
+
+    def scan(s, acts):
+        def body(s, a):
+            _, s, r, term, info = env.step_env(None, s, a, params)
+            return s, (s, r, term, info)
+        return jax.lax.scan(body, s, acts)[1]
+
+    batched = jax.jit(jax.vmap(scan))(s0, jnp.asarray(actions))
+    single_step = jax.jit(lambda s, a: env.step_env(None, s, a, params))
+    for i in range(8):
+        s = jax.tree.map(lambda x: x[i], s0)
+        for t in range(20):
+            _, s, r, term, info = single_step(s, jnp.int32(actions[i, t]))
+            pick = lambda tree: jax.tree.map(lambda x: np.asarray(x)[i, t], tree)
+            chex.assert_trees_all_equal(pick(batched[0]), jax.tree.map(np.asarray, s))
+            assert float(pick(batched[1])) == float(r) and bool(pick(batched[2])) == bool(term)
+            chex.assert_trees_all_equal(pick(batched[3]), jax.tree.map(np.asarray, info))
+
+
+def test_batched_state_without_vmap_is_a_clear_error(corridor):
+    env, lvl = corridor
+    _, s = env.reset_to_level(lvl)
+    sb = jax.tree.map(lambda x: jnp.stack([x, x]), s)
+    with pytest.raises(ValueError, match=r"state.grid must have shape \(28,\).*jax.vmap"):
+        env.step_env(None, sb, jnp.int32(0), env.default_params)

@@ -192,6 +192,9 @@ class Sokoban(environment.Environment[EnvState, EnvParams]):
         """One transition without auto-reset: ``(obs, state, reward, terminated, info)``."""
         action = self._check_action(action)
         n = self.height * self.width
+        if state.grid.shape != (n,):
+            raise ValueError(f"{self.name}: state.grid must have shape ({n},), got "
+                             f"{state.grid.shape}; batch environments with jax.vmap(env.step)")
         valid = (action >= 0) & (action < C.NUM_ACTIONS)
         d = jnp.asarray(self._deltas)[jnp.clip(action, 0, C.NUM_ACTIONS - 1)]
         p = state.player
