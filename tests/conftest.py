@@ -3,7 +3,12 @@
 import os
 import pathlib
 
+import jax
 import pytest
+
+# Eight fake CPU devices for the sharding tests; single-device code runs on device 0.
+# Must happen before any JAX computation initialises the backend.
+jax.config.update("jax_num_cpu_devices", 8)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -1,0 +1,1 @@
+"""The transformer policy: Llama / Qwen2 decoder, KV-cache sampler, HF checkpoints."""

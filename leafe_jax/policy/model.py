@@ -1,0 +1,220 @@
+"""Decoder-only transformer of the Llama / Qwen2 family in Flax NNX.
+
+RMSNorm in float32; RoPE in HF's split-half layout (``rotate_half``) with optional
+Llama-3.1 scaling; grouped-query attention without materialising repeated K/V; SwiGLU
+MLP; optional q/k/v bias (Qwen2); tied or untied embeddings. Every weight carries logical
+axis names resolved through ``leafe_jax.sharding.RULES``.
+
+The KV cache keeps one slot per absolute position and a valid length per row, so rows of
+one batch can sit at different depths (rollback branches restart at different steps).
+Shapes: B batch, T new tokens, S cache slots, D hidden, H / K query / KV heads, G = H / K,
+E head dim, V vocab.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, struct
+
+from leafe_jax.policy.config import ModelConfig, rope_inv_freq
+from leafe_jax.sharding import RULES, single_device_mesh
+
+_NEG = -1e30
+
+
+def _init(init, axes):
+    return nnx.with_partitioning(init, axes, sharding_rules=RULES)
+
+
+def _dtype(name: str):
+    return jnp.bfloat16 if name == "bfloat16" else jnp.float32
+
+
+@struct.dataclass
+class KVCache:
+    k: tuple           # per layer [B, S, K, E]
+    v: tuple           # per layer [B, S, K, E]
+    lengths: jax.Array  # int32 [B]: valid slots per row
+
+    @property
+    def size(self) -> int:
+        return self.k[0].shape[1]
+
+
+def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
+    dtype = dtype or _dtype(cfg.dtype)
+    shape = (batch, size, cfg.num_kv_heads, cfg.hd)
+    z = lambda: jnp.zeros(shape, dtype)
+    return KVCache(k=tuple(z() for _ in range(cfg.num_layers)),
+                   v=tuple(z() for _ in range(cfg.num_layers)),
+                   lengths=jnp.zeros((batch,), jnp.int32))
+
+
+def cache_shardings(mesh, cfg: ModelConfig):
+    """NamedShardings of a ``KVCache`` pytree (batch over data/fsdp, KV heads over tp)."""
+    from leafe_jax.sharding import logical_sharding
+
+    kv = logical_sharding(mesh, ("cache_batch", "cache_seq", "cache_kv", "head_dim"))
+    return KVCache(k=(kv,) * cfg.num_layers, v=(kv,) * cfg.num_layers,
+                   lengths=logical_sharding(mesh, ("cache_batch",)))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype, rngs: nnx.Rngs):
+        self.eps = eps
+        self.scale = nnx.Param(_init(nnx.initializers.ones_init(), ("norm",))(
+            rngs.params(), (dim,), param_dtype))
+
+    def __call__(self, x):
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def apply_rope(x_BxTxNxE, cos_BxTxE2, sin_BxTxE2):
+    """HF ``rotate_half`` RoPE: the two halves of the head dim form the rotated pairs."""
+    x = x_BxTxNxE.astype(jnp.float32)
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    c, s = cos_BxTxE2[:, :, None, :], sin_BxTxE2[:, :, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BxTxNxE.dtype)
+
+
+def _linear(cfg, din, dout, axes, bias, rngs):
+    return nnx.Linear(din, dout, use_bias=bias, rngs=rngs, param_dtype=_dtype(cfg.param_dtype),
+                      dtype=_dtype(cfg.dtype),
+                      kernel_init=_init(nnx.initializers.normal(0.02), axes),
+                      bias_init=_init(nnx.initializers.zeros_init(), (axes[1],)))
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        H, K, E, D = cfg.num_heads, cfg.num_kv_heads, cfg.hd, cfg.hidden_size
+        self.H, self.K, self.E = H, K, E
+        self.q = _linear(cfg, D, H * E, ("embed", "heads"), cfg.qkv_bias, rngs)
+        self.k = _linear(cfg, D, K * E, ("embed", "kv_heads"), cfg.qkv_bias, rngs)
+        self.v = _linear(cfg, D, K * E, ("embed", "kv_heads"), cfg.qkv_bias, rngs)
+        self.o = _linear(cfg, H * E, D, ("heads", "embed"), False, rngs)
+
+    def __call__(self, x_BxTxD, cos, sin, pos_BxT, valid_BxT, cache_kv, kv_len_B):
+        B, T, _ = x_BxTxD.shape
+        H, K, E = self.H, self.K, self.E
+        q = apply_rope(self.q(x_BxTxD).reshape(B, T, H, E), cos, sin)
+        k = apply_rope(self.k(x_BxTxD).reshape(B, T, K, E), cos, sin)
+        v = self.v(x_BxTxD).reshape(B, T, K, E)
+        if cache_kv is None:
+            keys, values = k, v
+            key_pos = pos_BxT
+            mask = (key_pos[:, None, :] <= pos_BxT[:, :, None]) & valid_BxT[:, None, :]
+            new_kv = None
+        else:
+            ck, cv = cache_kv
+            rows = jnp.arange(B)[:, None]
+            keys = ck.at[rows, pos_BxT].set(k.astype(ck.dtype), mode="drop")
+            values = cv.at[rows, pos_BxT].set(v.astype(cv.dtype), mode="drop")
+            slots = jnp.arange(keys.shape[1])
+            mask = ((slots[None, None, :] <= pos_BxT[:, :, None])
+                    & (slots[None, None, :] < kv_len_B[:, None, None]))
+            new_kv = (keys, values)
+        qg = q.reshape(B, T, K, H // K, E)
+        s = jnp.einsum("btkge,bske->bkgts", qg, keys.astype(qg.dtype),
+                       preferred_element_type=jnp.float32) / np.sqrt(E)
+        s = jnp.where(mask[:, None, None], s, _NEG)
+        p = jax.nn.softmax(s, axis=-1).astype(values.dtype)
+        o = jnp.einsum("bkgts,bske->btkge", p, values).reshape(B, T, H * E)
+        return self.o(o.astype(x_BxTxD.dtype)), new_kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        D, F = cfg.hidden_size, cfg.intermediate_size
+        self.gate = _linear(cfg, D, F, ("embed", "mlp"), False, rngs)
+        self.up = _linear(cfg, D, F, ("embed", "mlp"), False, rngs)
+        self.down = _linear(cfg, F, D, ("mlp", "embed"), False, rngs)
+
+    def __call__(self, x):
+        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        pd = _dtype(cfg.param_dtype)
+        self.attn_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs)
+        self.mlp = MLP(cfg, rngs)
+
+    def __call__(self, x, cos, sin, pos, valid, cache_kv, kv_len):
+        h, new_kv = self.attn(self.attn_norm(x), cos, sin, pos, valid, cache_kv, kv_len)
+        x = x + h
+        return x + self.mlp(self.mlp_norm(x)), new_kv
+
+
+class Transformer(nnx.Module):
+    """``model(tokens_BxT, positions_BxT, valid_BxT=None, cache=None) -> (logits, cache)``."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        self.cfg = cfg
+        pd = _dtype(cfg.param_dtype)
+        self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=pd,
+                               dtype=_dtype(cfg.dtype),
+                               embedding_init=_init(nnx.initializers.normal(0.02), ("vocab", "embed")))
+        self.layers = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs)
+        if not cfg.tie_embeddings:
+            self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False, rngs)
+
+    def __call__(self, tokens_BxT, positions_BxT=None, valid_BxT=None, cache: KVCache | None = None,
+                 new_lengths_B=None):
+        """Full forward (``cache=None``) or a cached prefill / decode step.
+
+        With a cache, token t of row b is written to slot ``positions[b, t]`` and attends to
+        slots ``<= positions[b, t]`` below ``new_lengths[b]`` (default: the row's old length
+        plus T). Returns ``(logits_BxTxV float32, cache)``.
+        """
+        tokens_BxT = jnp.asarray(tokens_BxT)
+        if tokens_BxT.ndim != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tokens_BxT.shape}")
+        B, T = tokens_BxT.shape
+        if positions_BxT is None:
+            start = cache.lengths[:, None] if cache is not None else 0
+            positions_BxT = start + jnp.arange(T)[None, :]
+        positions_BxT = jnp.broadcast_to(positions_BxT, (B, T)).astype(jnp.int32)
+        if valid_BxT is None:
+            valid_BxT = jnp.ones((B, T), bool)
+        freqs = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(
+            rope_inv_freq(self.cfg), jnp.float32)
+        cos, sin = jnp.cos(freqs), jnp.sin(freqs)
+        kv_len = None
+        if cache is not None:
+            kv_len = new_lengths_B if new_lengths_B is not None else cache.lengths + T
+        x = self.embed(tokens_BxT)
+        ks, vs = [], []
+        for i, layer in enumerate(self.layers):
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, new_kv = layer(x, cos, sin, positions_BxT, valid_BxT, kv, kv_len)
+            if cache is not None:
+                ks.append(new_kv[0])
+                vs.append(new_kv[1])
+        x = self.final_norm(x)
+        if self.cfg.tie_embeddings:
+            logits = self.embed.attend(x)
+        else:
+            logits = self.lm_head(x)
+        new_cache = None if cache is None else KVCache(k=tuple(ks), v=tuple(vs), lengths=kv_len)
+        return logits.astype(jnp.float32), new_cache
+
+
+def create_model(cfg: ModelConfig, seed: int = 0, mesh=None) -> Transformer:
+    """Build the model with its weights placed per the sharding rules (1-device mesh default)."""
+    mesh = mesh or single_device_mesh()
+    with jax.set_mesh(mesh):
+        return Transformer(cfg, rngs=nnx.Rngs(seed))
+
+
+def abstract_model(cfg: ModelConfig, mesh=None):
+    """``(graphdef, abstract_state)`` with shardings, without allocating (any model size)."""
+    mesh = mesh or single_device_mesh()
+    return nnx.get_abstract_model(lambda: Transformer(cfg, rngs=nnx.Rngs(0)), mesh)
