@@ -80,7 +80,7 @@ PRESETS = {c.name: c for c in [
     ModelConfig(name="sokoban-small", vocab_size=128, hidden_size=192, intermediate_size=512,
                 num_layers=4, num_heads=6, num_kv_heads=2, max_seq_len=1024,
                 tie_embeddings=True),
-    ModelConfig(name="sokoban-100m", vocab_size=128, hidden_size=768, intermediate_size=2048,
+    ModelConfig(name="sokoban-100m", vocab_size=128, hidden_size=768, intermediate_size=3072,
                 num_layers=12, num_heads=12, num_kv_heads=4, max_seq_len=2048,
                 tie_embeddings=True),
     ModelConfig(name="qwen2.5-0.5b", vocab_size=151936, hidden_size=896, intermediate_size=4864,

@@ -34,18 +34,18 @@ def _dtype(name: str):
 
 @struct.dataclass
 class KVCache:
-    k: tuple           # per layer [B, S, K, E]
-    v: tuple           # per layer [B, S, K, E]
+    k: tuple           # per layer [B, K, S, E]  (batch and KV head lead: the decode dot's
+    v: tuple           # per layer [B, K, S, E]   batch dims, so XLA needs no transposes)
     lengths: jax.Array  # int32 [B]: valid slots per row
 
     @property
     def size(self) -> int:
-        return self.k[0].shape[1]
+        return self.k[0].shape[2]
 
 
 def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
     dtype = dtype or _dtype(cfg.dtype)
-    shape = (batch, size, cfg.num_kv_heads, cfg.hd)
+    shape = (batch, cfg.num_kv_heads, size, cfg.hd)
     z = lambda: jnp.zeros(shape, dtype)
     return KVCache(k=tuple(z() for _ in range(cfg.num_layers)),
                    v=tuple(z() for _ in range(cfg.num_layers)),
@@ -56,7 +56,7 @@ def cache_shardings(mesh, cfg: ModelConfig):
     """NamedShardings of a ``KVCache`` pytree (batch over data/fsdp, KV heads over tp)."""
     from leafe_jax.sharding import logical_sharding
 
-    kv = logical_sharding(mesh, ("cache_batch", "cache_seq", "cache_kv", "head_dim"))
+    kv = logical_sharding(mesh, ("cache_batch", "cache_kv", "cache_seq", "head_dim"))
     return KVCache(k=(kv,) * cfg.num_layers, v=(kv,) * cfg.num_layers,
                    lengths=logical_sharding(mesh, ("cache_batch",)))
 
@@ -101,29 +101,31 @@ class Attention(nnx.Module):
     def __call__(self, x_BxTxD, cos, sin, pos_BxT, valid_BxT, cache_kv, kv_len_B):
         B, T, _ = x_BxTxD.shape
         H, K, E = self.H, self.K, self.E
+        G = H // K
         q = apply_rope(self.q(x_BxTxD).reshape(B, T, H, E), cos, sin)
         k = apply_rope(self.k(x_BxTxD).reshape(B, T, K, E), cos, sin)
         v = self.v(x_BxTxD).reshape(B, T, K, E)
         if cache_kv is None:
-            keys, values = k, v
-            key_pos = pos_BxT
-            mask = (key_pos[:, None, :] <= pos_BxT[:, :, None]) & valid_BxT[:, None, :]
+            keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # [B, K, T, E]
+            mask = (pos_BxT[:, None, :] <= pos_BxT[:, :, None]) & valid_BxT[:, None, :]
             new_kv = None
         else:
-            ck, cv = cache_kv
+            ck, cv = cache_kv                                                  # [B, K, S, E]
             rows = jnp.arange(B)[:, None]
-            keys = ck.at[rows, pos_BxT].set(k.astype(ck.dtype), mode="drop")
-            values = cv.at[rows, pos_BxT].set(v.astype(cv.dtype), mode="drop")
-            slots = jnp.arange(keys.shape[1])
+            keys = ck.at[rows, :, pos_BxT].set(k.astype(ck.dtype), mode="drop")
+            values = cv.at[rows, :, pos_BxT].set(v.astype(cv.dtype), mode="drop")
+            slots = jnp.arange(keys.shape[2])
             mask = ((slots[None, None, :] <= pos_BxT[:, :, None])
                     & (slots[None, None, :] < kv_len_B[:, None, None]))
             new_kv = (keys, values)
-        qg = q.reshape(B, T, K, H // K, E)
-        s = jnp.einsum("btkge,bske->bkgts", qg, keys.astype(qg.dtype),
+        # GQA: the G query heads of a KV head share its keys; [B, K, T*G, E] queries.
+        qg = q.reshape(B, T, K, G, E).transpose(0, 2, 1, 3, 4).reshape(B, K, T * G, E)
+        s = jnp.einsum("bkqe,bkse->bkqs", qg, keys.astype(qg.dtype),
                        preferred_element_type=jnp.float32) / np.sqrt(E)
-        s = jnp.where(mask[:, None, None], s, _NEG)
-        p = jax.nn.softmax(s, axis=-1).astype(values.dtype)
-        o = jnp.einsum("bkgts,bske->btkge", p, values).reshape(B, T, H * E)
+        s = jnp.where(mask[:, None, :, None, :], s.reshape(B, K, T, G, -1), _NEG)
+        p = jax.nn.softmax(s, axis=-1).astype(values.dtype).reshape(B, K, T * G, -1)
+        o = jnp.einsum("bkqs,bkse->bkqe", p, values)
+        o = o.reshape(B, K, T, G, E).transpose(0, 2, 1, 3, 4).reshape(B, T, H * E)
         return self.o(o.astype(x_BxTxD.dtype)), new_kv
 
 
