@@ -1,0 +1,1 @@
+"""Evaluation: Pass@k estimation and sweeps."""
