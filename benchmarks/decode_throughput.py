@@ -71,13 +71,11 @@ def step_cost(cfg, B, ctx, tokens=1):
 
 def call_roofline(cfg, B, prompt, new, peak, bw):
     """Seconds a perfect implementation needs for prefill + ``new`` decode steps."""
-    f, b = step_cost(cfg, B, prompt / 2, tokens=prompt)
-    total = max(f / peak, b / bw)
-    bound = "compute" if f / peak > b / bw else "memory"
-    for i in range(new):
-        f, b = step_cost(cfg, B, prompt + i)
-        total += max(f / peak, b / bw)
-    return total, bound
+    parts = [step_cost(cfg, B, prompt / 2, tokens=prompt)]
+    parts += [step_cost(cfg, B, prompt + i) for i in range(new)]
+    total = sum(max(f / peak, b / bw) for f, b in parts)
+    by_compute = sum(f / peak for f, b in parts if f / peak >= b / bw)
+    return total, ("compute" if by_compute > total / 2 else "memory")
 
 
 def main():

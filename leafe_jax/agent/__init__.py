@@ -1,0 +1,1 @@
+"""The agent side: symbolic interaction encoding and the on-device rollout."""

@@ -1,0 +1,173 @@
+"""The agent loop on device: policy decodes an action, the env steps, the next turn joins
+the context - a jitted ``lax.scan`` over turns, batched over episodes.
+
+A rollout may start mid-episode (rollback branches): it takes env states, the token prefix
+that precedes the current turn, an optional experience segment placed right before the
+first action, and an optional set of forbidden first actions. Per-step randomness is
+``fold_in(episode_key, env time)``, so a branch restarted at step tau with the same
+episode key and the same prefix reproduces the original continuation.
+
+Shapes: B episodes, T turns, P prefix tokens, C cells per turn, S cache slots.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from leafe_jax.agent import encoding as E
+from leafe_jax.envs.sokoban.env import EnvState, Sokoban
+from leafe_jax.policy.model import init_cache
+from leafe_jax.policy.sampling import Constrained
+
+_INFO_KEYS = ("moved", "pushed", "bumped", "box_on_target", "box_off_target", "dead_square",
+              "frozen", "deadlock", "progress", "invalid_action")
+
+
+class Trajectory(NamedTuple):
+    """Time-major record of a batch of episodes (``states[t]`` is the state before action t)."""
+
+    states: EnvState          # [T+1, B, ...]
+    actions: jax.Array        # int32 [T, B]  (-1 once the episode is over)
+    logprobs: jax.Array       # float32 [T, B]
+    rewards: jax.Array        # float32 [T, B]
+    feedback: jax.Array       # int32 [T, B]  feedback token produced by action t
+    info: dict                # bool [T, B] per feedback flag
+    active: jax.Array         # bool [T, B]   the episode was still running at step t
+    terminated: jax.Array     # bool [T, B]
+    truncated: jax.Array      # bool [T, B]
+    tokens: jax.Array         # int32 [B, S]  the whole context (prefix, turns, last action)
+    token_len: jax.Array      # int32 [B]
+    action_pos: jax.Array     # int32 [T, B]  where action t sits in ``tokens``
+    solved: jax.Array         # bool [B]
+    num_steps: jax.Array      # int32 [B]     actions taken
+
+
+def _feedback_info(info):
+    return {k: info[k] for k in _INFO_KEYS}
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "env", "num_steps", "cache_size",
+                                             "temperature"))
+def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, first_fb, keys,
+             experience, has_exp, forbidden, *, num_steps: int, cache_size: int, temperature: float):
+    model = nnx.merge(graphdef, state)
+    B = prefix.shape[0]
+    C = (env.height - 2) * (env.width - 2)
+    V = model.cfg.vocab_size
+    rows = jnp.arange(B)
+    strategy = Constrained(allowed=E.ACTION_TOKENS, temperature=temperature)
+    act_tok = jnp.asarray(E.ACTION_TOKENS)
+
+    def sample(logits_BxV, t_B, mask_BxV):
+        def one(lg, k, t, m):
+            tok, lp = strategy.get_next_tokens(lg[None], jax.random.fold_in(k, t), m[None])
+            return tok[0], lp[0]
+        return jax.vmap(one)(logits_BxV, keys, t_B, mask_BxV)
+
+    def feed(cache, buf, chunk_BxL, count_B):
+        """Write ``chunk[:, :count]`` at each row's next positions; logits at its last token."""
+        L = chunk_BxL.shape[1]
+        pos = cache.lengths[:, None] + jnp.arange(L)[None]
+        pos = jnp.where(jnp.arange(L)[None] < count_B[:, None], pos, cache_size)   # dropped
+        logits, cache = model(chunk_BxL, pos, cache=cache, new_lengths_B=cache.lengths + count_B)
+        buf = buf.at[rows[:, None], pos].set(chunk_BxL, mode="drop")
+        last = jnp.take_along_axis(logits, (count_B - 1)[:, None, None], 1)[:, 0]
+        return cache, buf, last
+
+    # 1. prefix (everything before the current turn)
+    cache = init_cache(model.cfg, B, cache_size)
+    buf = jnp.zeros((B, cache_size), jnp.int32)
+    cache, buf, _ = feed(cache, buf, prefix, prefix_len)
+    # 2. first turn: cells, feedback, then the optional experience right before the action
+    obs0 = jax.vmap(env.get_obs)(start)
+    chunk0 = jnp.concatenate([jax.vmap(E.obs_tokens)(obs0), first_fb[:, None], experience], 1)
+    cache, buf, logits = feed(cache, buf, chunk0, C + 1 + jnp.where(has_exp, E.EXP_LEN, 0))
+    allow_first = jnp.ones((B, V), bool).at[:, act_tok].set(~forbidden)
+
+    def turn(carry, t):
+        s, cache, buf, logits, done, mask = carry
+        tok, lp = sample(logits, s.time, mask)
+        a = E.token_action(tok)
+        _, s2, r, term, info = jax.vmap(env.step_env, in_axes=(None, 0, 0, None))(None, s, a, params)
+        trunc = s2.time >= params.max_steps_in_episode
+        live = ~done
+        s2 = jax.tree.map(lambda x, y: jnp.where(live.reshape((-1,) + (1,) * (x.ndim - 1)), x, y), s2, s)
+        fb = jax.vmap(E.feedback_token)(info)
+        a_pos = cache.lengths
+        chunk = jnp.concatenate([tok[:, None], jax.vmap(E.obs_tokens)(jax.vmap(env.get_obs)(s2)),
+                                 fb[:, None]], 1)
+        cache, buf, logits = feed(cache, buf, chunk, jnp.full((B,), C + 2))
+        out = dict(state=s, action=jnp.where(live, a, -1), logp=jnp.where(live, lp, 0.0),
+                   reward=jnp.where(live, r, 0.0), feedback=fb,
+                   info=jax.tree.map(lambda v: v & live, _feedback_info(info)), active=live,
+                   term=term & live, trunc=trunc & live, a_pos=a_pos)
+        done = done | term | trunc
+        return (s2, cache, buf, logits, done, jnp.ones_like(mask)), out
+
+    done0 = env.is_terminated(start, params) | (start.time >= params.max_steps_in_episode)
+    (s_end, cache, buf, _, done, _), out = jax.lax.scan(
+        turn, (start, cache, buf, logits, done0, allow_first), jnp.arange(num_steps))
+    # The context ends at the last action: drop the turn fed after it.
+    n_act = out["active"].sum(0).astype(jnp.int32)
+    last_pos = jnp.take_along_axis(out["a_pos"], jnp.maximum(n_act - 1, 0)[None], 0)[0]
+    token_len = jnp.where(n_act > 0, last_pos + 1, prefix_len + C + 1 + jnp.where(has_exp, E.EXP_LEN, 0))
+    buf = jnp.where(jnp.arange(cache_size)[None] < token_len[:, None], buf, E.PAD)
+    states = jax.tree.map(lambda a, b: jnp.concatenate([a, b[None]]), out["state"], s_end)
+    return Trajectory(states=states, actions=out["action"], logprobs=out["logp"],
+                      rewards=out["reward"], feedback=out["feedback"], info=out["info"],
+                      active=out["active"], terminated=out["term"], truncated=out["trunc"],
+                      tokens=buf, token_len=token_len, action_pos=out["a_pos"],
+                      solved=env.is_terminated(s_end, params), num_steps=n_act)
+
+
+def cache_size_for(env: Sokoban, prefix_len: int, num_steps: int) -> int:
+    """Slots for a prefix, an experience, and ``num_steps`` turns (rounded up to 64)."""
+    need = prefix_len + E.EXP_LEN + (num_steps + 1) * E.turn_length(env.height, env.width) + 1
+    return int(-(-need // 64) * 64)
+
+
+def rollout(model, env: Sokoban, params, start_states: EnvState, keys, *, num_steps: int,
+            prefix=None, prefix_len=None, first_feedback=None, experience=None,
+            forbidden=None, temperature: float = 1.0) -> Trajectory:
+    """Run ``num_steps`` turns of the policy from ``start_states`` (batched, leading B).
+
+    ``prefix`` [B, P] / ``prefix_len`` [B]: tokens before the current turn (default: BOS).
+    ``first_feedback`` [B]: the feedback token shown with the first observation (default
+    FB_START). ``experience`` [B, EXP_LEN] (rows of PAD = none) goes right before the
+    first action; ``forbidden`` [B, 4] bool masks first actions.
+    """
+    B = int(np.shape(start_states.player)[0])
+    keys = jnp.asarray(keys)
+    if keys.shape[:1] != (B,):
+        raise ValueError(f"need one key per episode: {B} episodes, keys of shape {keys.shape}")
+    if prefix is None:
+        prefix = np.full((B, 1), E.BOS, np.int32)
+        prefix_len = np.ones((B,), np.int32)
+    prefix = jnp.asarray(prefix, jnp.int32)
+    prefix_len = jnp.asarray(prefix_len, jnp.int32)
+    if experience is None:
+        experience = jnp.zeros((B, E.EXP_LEN), jnp.int32)
+    experience = jnp.asarray(experience, jnp.int32)
+    has_exp = experience[:, 0] == E.EXP
+    first_feedback = jnp.full((B,), E.FB_START, jnp.int32) if first_feedback is None else \
+        jnp.asarray(first_feedback, jnp.int32)
+    forbidden = jnp.zeros((B, 4), bool) if forbidden is None else jnp.asarray(forbidden, bool)
+    if bool(jnp.all(forbidden, axis=1).any()):
+        raise ValueError("a row forbids all four actions")
+    if model.cfg.vocab_size < E.VOCAB_SIZE:
+        raise ValueError(f"the policy's vocabulary ({model.cfg.vocab_size}) is smaller than the "
+                         f"interaction vocabulary ({E.VOCAB_SIZE})")
+    size = cache_size_for(env, prefix.shape[1], num_steps)
+    if size > model.cfg.max_seq_len:
+        raise ValueError(f"{num_steps} turns need {size} context slots; the policy allows "
+                         f"{model.cfg.max_seq_len}")
+    graphdef, state = nnx.split(model)
+    return _rollout(graphdef, state, env, params, start_states, prefix, prefix_len, first_feedback,
+                    keys, experience, has_exp, forbidden, num_steps=num_steps, cache_size=size,
+                    temperature=float(temperature))
