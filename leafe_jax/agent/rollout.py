@@ -53,9 +53,10 @@ def _feedback_info(info):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "env", "num_steps", "cache_size",
-                                             "temperature"))
+                                             "temperature", "num_segments"))
 def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, first_fb, keys,
-             experience, has_exp, forbidden, *, num_steps: int, cache_size: int, temperature: float):
+             experience, has_exp, forbidden, *, num_steps: int, cache_size: int, temperature: float,
+             num_segments: int = 4):
     model = nnx.merge(graphdef, state)
     B = prefix.shape[0]
     C = (env.height - 2) * (env.width - 2)
@@ -70,12 +71,13 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
             return tok[0], lp[0]
         return jax.vmap(one)(logits_BxV, keys, t_B, mask_BxV)
 
-    def feed(cache, buf, chunk_BxL, count_B):
+    def feed(cache, buf, chunk_BxL, count_B, attend=None):
         """Write ``chunk[:, :count]`` at each row's next positions; logits at its last token."""
         L = chunk_BxL.shape[1]
         pos = cache.lengths[:, None] + jnp.arange(L)[None]
         pos = jnp.where(jnp.arange(L)[None] < count_B[:, None], pos, cache_size)   # dropped
-        logits, cache = model(chunk_BxL, pos, cache=cache, new_lengths_B=cache.lengths + count_B)
+        logits, cache = model(chunk_BxL, pos, cache=cache, new_lengths_B=cache.lengths + count_B,
+                              attend_slots=attend)
         buf = buf.at[rows[:, None], pos].set(chunk_BxL, mode="drop")
         last = jnp.take_along_axis(logits, (count_B - 1)[:, None, None], 1)[:, 0]
         return cache, buf, last
@@ -90,7 +92,7 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
     cache, buf, logits = feed(cache, buf, chunk0, C + 1 + jnp.where(has_exp, E.EXP_LEN, 0))
     allow_first = jnp.ones((B, V), bool).at[:, act_tok].set(~forbidden)
 
-    def turn(carry, t):
+    def turn(carry, t, attend):
         s, cache, buf, logits, done, mask = carry
         tok, lp = sample(logits, s.time, mask)
         a = E.token_action(tok)
@@ -102,7 +104,7 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
         a_pos = cache.lengths
         chunk = jnp.concatenate([tok[:, None], jax.vmap(E.obs_tokens)(jax.vmap(env.get_obs)(s2)),
                                  fb[:, None]], 1)
-        cache, buf, logits = feed(cache, buf, chunk, jnp.full((B,), C + 2))
+        cache, buf, logits = feed(cache, buf, chunk, jnp.full((B,), C + 2), attend)
         out = dict(state=s, action=jnp.where(live, a, -1), logp=jnp.where(live, lp, 0.0),
                    reward=jnp.where(live, r, 0.0), feedback=fb,
                    info=jax.tree.map(lambda v: v & live, _feedback_info(info)), active=live,
@@ -111,8 +113,17 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
         return (s2, cache, buf, logits, done, jnp.ones_like(mask)), out
 
     done0 = env.is_terminated(start, params) | (start.time >= params.max_steps_in_episode)
-    (s_end, cache, buf, _, done, _), out = jax.lax.scan(
-        turn, (start, cache, buf, logits, done0, allow_first), jnp.arange(num_steps))
+    # Segments of turns, each attending only to the cache prefix it can have filled:
+    # attention over all S slots every turn would cost ~2x more on average.
+    carry = (start, cache, buf, logits, done0, allow_first)
+    outs, first = [], prefix.shape[1] + C + 1 + E.EXP_LEN
+    bounds = np.linspace(0, num_steps, min(num_segments, num_steps) + 1).astype(int)
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        attend = min(cache_size, int(-(-(first + int(b) * (C + 2)) // 64) * 64))
+        carry, o = jax.lax.scan(functools.partial(turn, attend=attend), carry, jnp.arange(a, b))
+        outs.append(o)
+    s_end, cache, buf, _, done, _ = carry
+    out = jax.tree.map(lambda *xs: jnp.concatenate(xs), *outs)
     # The context ends at the last action: drop the turn fed after it.
     n_act = out["active"].sum(0).astype(jnp.int32)
     last_pos = jnp.take_along_axis(out["a_pos"], jnp.maximum(n_act - 1, 0)[None], 0)[0]

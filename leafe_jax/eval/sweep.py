@@ -1,7 +1,10 @@
 """Pass@k evaluation: n on-device rollouts per held-out level, then a k = 1..n sweep.
 
 ``sample_success`` runs ``levels x n`` episodes of the policy in fixed-size chunks (the
-last one padded, so one compilation serves all) and returns ``success[levels, n]``.
+last one padded, so one compilation serves all) and returns ``success[levels, n]``. The
+default chunk of 128 episodes is the fastest per episode on a 2-core CPU: at 1024 the
+attention scores of a turn (~255 MB per layer) no longer fit in cache (measured 2.2x slower
+per token).
 ``write_sweep`` turns any number of named success arrays into ``passk.json``, a Markdown
 table and a Pass@k curve plot.
 """
@@ -22,7 +25,7 @@ from leafe_jax.eval.passk import pass_at_k_table
 
 
 def sample_success(model, env, params, levels: Level, n: int, key, *, temperature: float = 1.0,
-                   batch_size: int = 1024, progress: bool = True) -> np.ndarray:
+                   batch_size: int = 128, progress: bool = True) -> np.ndarray:
     """``success[L, n]`` (bool) of ``n`` sampled episodes per level."""
     L = int(np.shape(levels.player)[0])
     if L == 0:

@@ -98,7 +98,8 @@ class Attention(nnx.Module):
         self.v = _linear(cfg, D, K * E, ("embed", "kv_heads"), cfg.qkv_bias, rngs)
         self.o = _linear(cfg, H * E, D, ("heads", "embed"), False, rngs)
 
-    def __call__(self, x_BxTxD, cos, sin, pos_BxT, valid_BxT, cache_kv, kv_len_B):
+    def __call__(self, x_BxTxD, cos, sin, pos_BxT, valid_BxT, cache_kv, kv_len_B,
+                 attend_slots=None):
         B, T, _ = x_BxTxD.shape
         H, K, E = self.H, self.K, self.E
         G = H // K
@@ -114,10 +115,12 @@ class Attention(nnx.Module):
             rows = jnp.arange(B)[:, None]
             keys = ck.at[rows, :, pos_BxT].set(k.astype(ck.dtype), mode="drop")
             values = cv.at[rows, :, pos_BxT].set(v.astype(cv.dtype), mode="drop")
+            new_kv = (keys, values)
+            if attend_slots is not None:        # static: no row has reached these slots yet
+                keys, values = keys[:, :, :attend_slots], values[:, :, :attend_slots]
             slots = jnp.arange(keys.shape[2])
             mask = ((slots[None, None, :] <= pos_BxT[:, :, None])
                     & (slots[None, None, :] < kv_len_B[:, None, None]))
-            new_kv = (keys, values)
         # GQA: the G query heads of a KV head share its keys; [B, K, T*G, E] queries.
         qg = q.reshape(B, T, K, G, E).transpose(0, 2, 1, 3, 4).reshape(B, K, T * G, E)
         s = jnp.einsum("bkqe,bkse->bkqs", qg, keys.astype(qg.dtype),
@@ -148,8 +151,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, pos, valid, cache_kv, kv_len):
-        h, new_kv = self.attn(self.attn_norm(x), cos, sin, pos, valid, cache_kv, kv_len)
+    def __call__(self, x, cos, sin, pos, valid, cache_kv, kv_len, attend_slots=None):
+        h, new_kv = self.attn(self.attn_norm(x), cos, sin, pos, valid, cache_kv, kv_len,
+                              attend_slots)
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), new_kv
 
@@ -169,12 +173,14 @@ class Transformer(nnx.Module):
             self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False, rngs)
 
     def __call__(self, tokens_BxT, positions_BxT=None, valid_BxT=None, cache: KVCache | None = None,
-                 new_lengths_B=None):
+                 new_lengths_B=None, attend_slots: int | None = None):
         """Full forward (``cache=None``) or a cached prefill / decode step.
 
         With a cache, token t of row b is written to slot ``positions[b, t]`` and attends to
         slots ``<= positions[b, t]`` below ``new_lengths[b]`` (default: the row's old length
-        plus T). Returns ``(logits_BxTxV float32, cache)``.
+        plus T). ``attend_slots`` (static) promises that no row attends beyond that many
+        slots, so attention reads only that prefix of the cache (the agent loop grows it
+        turn by turn). Returns ``(logits_BxTxV float32, cache)``.
         """
         tokens_BxT = jnp.asarray(tokens_BxT)
         if tokens_BxT.ndim != 2:
@@ -196,7 +202,7 @@ class Transformer(nnx.Module):
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, new_kv = layer(x, cos, sin, positions_BxT, valid_BxT, kv, kv_len)
+            x, new_kv = layer(x, cos, sin, positions_BxT, valid_BxT, kv, kv_len, attend_slots)
             if cache is not None:
                 ks.append(new_kv[0])
                 vs.append(new_kv[1])
