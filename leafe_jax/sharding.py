@@ -76,3 +76,9 @@ def logical_spec(axes: tuple[str | None, ...]) -> PartitionSpec:
 
 def logical_sharding(mesh, axes: tuple[str | None, ...]) -> NamedSharding:
     return NamedSharding(mesh, logical_spec(axes))
+
+
+def shard_batch(mesh, batch):
+    """Place every leaf of a batch with its leading axis over the batch mesh axes."""
+    s = logical_sharding(mesh, ("batch",))
+    return jax.tree.map(lambda x: jax.device_put(x, s), batch)

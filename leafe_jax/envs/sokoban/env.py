@@ -25,6 +25,7 @@ from flax import struct
 from gymnax.environments import environment, spaces
 
 from leafe_jax.envs.sokoban import constants as C
+from leafe_jax.envs.sokoban.generator import generate_level
 from leafe_jax.envs.sokoban.level import Level, LevelBank, push_distance
 
 _OCC = C.BIT_WALL | C.BIT_BOX
@@ -184,7 +185,6 @@ class Sokoban(environment.Environment[EnvState, EnvParams]):
             return self.reset_to_index(idx, params)
         if self.generator is None:
             raise ValueError(f"{self.name}: reset needs params.bank or a generator config")
-        from leafe_jax.envs.sokoban.generator import generate_level
         return self.reset_to_level(generate_level(key, self.generator).level, params)
 
     # ------------------------------------------------------------------ step
@@ -306,7 +306,7 @@ class Sokoban(environment.Environment[EnvState, EnvParams]):
         grid = np.asarray(state.grid)
         if grid.shape[-1] != n:
             raise ValueError(f"{self.name}: state grid has {grid.shape[-1]} cells, expected {n}")
-        if np.any((grid & C.BIT_WALL) & (grid >> 1) != 0):
+        if np.any(((grid & C.BIT_WALL) != 0) & ((grid >> 1) != 0)):
             raise ValueError(f"{self.name}: a wall cell also holds a target or a box")
         boxes = ((grid & C.BIT_BOX) != 0).sum(-1)
         if np.any(boxes != self.num_boxes):

@@ -25,7 +25,8 @@ def replay(env: Sokoban, level: Level, actions_T, params: EnvParams | None = Non
     Padding steps leave the state unchanged, so a padded solution replays like the
     unpadded one; finished episodes are frozen too.
     """
-    params = params or env.default_params
+    if params is None:
+        params = env.default_params
     actions_T = jnp.asarray(actions_T, jnp.int32)
     if actions_T.ndim != 1:
         raise ValueError(f"actions must be a 1-D sequence, got shape {actions_T.shape}")

@@ -1,0 +1,60 @@
+"""Level pools and a one-step end-to-end run: pretrain -> checkpoint -> Pass@k evaluation."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from leafe_jax.agent.pools import _fingerprints, level_pool
+from leafe_jax.agent.pretrain import PretrainConfig, pretrain_base_policy
+from leafe_jax.envs.sokoban import get_preset
+from leafe_jax.eval.sweep import sample_success, write_sweep
+from leafe_jax.policy.config import get_config
+from leafe_jax.policy.model import create_model
+from leafe_jax.train.checkpoint import Checkpointer
+
+TINY = get_config("test-tiny").replace(vocab_size=64, max_seq_len=512)
+
+
+def test_pools_are_disjoint_and_named():
+    cfg = get_preset("verl6x6").generator
+    demo = level_pool("demo", 64, cfg, seed=0)
+    ev = level_pool("eval", 64, cfg, seed=0, exclude=(demo,))
+    assert not set(_fingerprints(demo)) & set(_fingerprints(ev))
+    assert len(set(_fingerprints(ev))) == 64 or len(_fingerprints(ev)) == 64
+    with pytest.raises(KeyError, match="unknown level pool 'test'"):
+        level_pool("test", 4, cfg)
+
+
+@pytest.mark.slow
+def test_pretrain_then_evaluate_end_to_end(tmp_path):
+    preset = get_preset("verl6x6")
+    cfg = PretrainConfig(num_demo_levels=6, steps=2, batch_size=4, exp_per_episode=1)
+    model, metrics, stats = pretrain_base_policy(preset, TINY, cfg, str(tmp_path / "base"),
+                                                 progress=False)
+    assert stats["demo"] == 6 and stats["examples"] == stats["demo"] + stats["demo+exp"]
+    assert np.isfinite(metrics["loss"]) and metrics["tokens"] > 0
+    ck = Checkpointer(str(tmp_path / "base" / "checkpoints"))
+    assert ck.latest_step() == 2
+    loaded = create_model(TINY, seed=123)
+    meta = ck.restore(loaded)
+    assert meta["preset"] == "verl6x6"
+    toks = np.arange(10)[None] % 60
+    np.testing.assert_allclose(np.asarray(loaded(toks)[0]), np.asarray(model(toks)[0]), atol=1e-6)
+    demo = level_pool("demo", 6, preset.generator, cfg.seed)
+    held = level_pool("eval", 3, preset.generator, cfg.seed, exclude=(demo,))
+    env = preset.make_env()
+    success = sample_success(loaded, env, env.default_params, held.level, 4, jax.random.key(0),
+                             progress=False)
+    tables = write_sweep({"base": success}, str(tmp_path / "eval"))
+    data = json.loads((tmp_path / "eval" / "passk.json").read_text())
+    assert list(data["passk"]["base"]) == ["1", "2", "4"]
+    vals = [data["passk"]["base"][k]["mean"] for k in ("1", "2", "4")]
+    assert all(0.0 <= v <= 1.0 for v in vals) and vals == sorted(vals)
+
+
+def test_pretrain_rejects_a_too_small_vocabulary(tmp_path):
+    with pytest.raises(ValueError, match="vocabulary 32 < interaction vocabulary 60"):
+        pretrain_base_policy(get_preset("verl6x6"), TINY.replace(vocab_size=32),
+                             PretrainConfig(num_demo_levels=2, steps=1), str(tmp_path))
