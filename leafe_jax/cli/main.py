@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leafe_jax.cli import sokoban
+from leafe_jax.cli import evaluate, pretrain, sokoban
 
 
-GROUPS = {"sokoban": sokoban}
+GROUPS = {"sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -39,13 +39,23 @@ class Checkpointer:
             items["opt"] = ocp.args.StandardSave(nnx.state(optimizer, nnx.optimizer.OptState))
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def restore(self, model, optimizer=None, step: int | None = None) -> dict:
-        """Load into ``model`` (and ``optimizer``) in place; returns the metadata."""
+    def metadata(self, step: int | None = None) -> dict:
+        """The JSON metadata saved with a checkpoint (no arrays are read)."""
+        step = self._existing(step)
+        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        return dict(out["meta"] or {}) | {"step": step}
+
+    def _existing(self, step):
         step = self.latest_step() if step is None else step
         if step is None or step not in self.manager.all_steps():
             raise CheckpointNotFoundError(
                 f"no checkpoint{'' if step is None else f' at step {step}'} in {self.directory} "
                 f"(steps present: {list(self.manager.all_steps())})")
+        return step
+
+    def restore(self, model, optimizer=None, step: int | None = None) -> dict:
+        """Load into ``model`` (and ``optimizer``) in place; returns the metadata."""
+        step = self._existing(step)
         items = {"params": ocp.args.StandardRestore(_abstract(nnx.state(model, nnx.Param))),
                  "meta": ocp.args.JsonRestore()}
         if optimizer is not None:
