@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 
 import numpy as np
@@ -166,7 +165,3 @@ def _demo(args) -> int:
     res = time_rollout(run, states, actions, jax.random.key(3))
     print(f"      {res['steps_per_s'] / 1e6:.2f} M env steps/s (median of 5)")
     return 0 if int(rep.sum()) == args.num_levels else 1
-
-
-if __name__ == "__main__":
-    sys.exit(0)

@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx, struct
 
 from leafe_jax.policy.config import ModelConfig, rope_inv_freq
-from leafe_jax.sharding import RULES, single_device_mesh
+from leafe_jax.sharding import RULES, logical_sharding, single_device_mesh
 
 _NEG = -1e30
 
@@ -54,8 +54,6 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
 
 def cache_shardings(mesh, cfg: ModelConfig):
     """NamedShardings of a ``KVCache`` pytree (batch over data/fsdp, KV heads over tp)."""
-    from leafe_jax.sharding import logical_sharding
-
     kv = logical_sharding(mesh, ("cache_batch", "cache_kv", "cache_seq", "head_dim"))
     return KVCache(k=(kv,) * cfg.num_layers, v=(kv,) * cfg.num_layers,
                    lengths=logical_sharding(mesh, ("cache_batch",)))

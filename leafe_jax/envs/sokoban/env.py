@@ -271,10 +271,7 @@ class Sokoban(environment.Environment[EnvState, EnvParams]):
         if params.bank is not None:
             bank = self._bank(params)
             i = cheap_index(key, bank.grid.shape[0])
-            state_re = EnvState(time=jnp.int32(0), grid=bank.grid[i], box_dist=bank.box_dist[i],
-                                player=bank.player[i], boxes_on_target=jnp.int32(0),
-                                steps_since_progress=jnp.int32(0), level_id=i)
-            state_re = state_re.replace(boxes_on_target=self._count_on_target(state_re.grid))
+            state_re = self._state_from(bank.grid[i], bank.player[i], bank.box_dist[i], i)
         elif self.generator is not None:
             _, state_re = self.reset_env(key, params)
         else:  # nothing to reset to: the finished state is returned as it is
@@ -283,11 +280,6 @@ class Sokoban(environment.Environment[EnvState, EnvParams]):
         info = {**info, "terminated": terminated, "truncated": truncated,
                 "final_observation": obs_st}
         return self.get_obs(state), state, reward, terminated, truncated, info
-
-    @staticmethod
-    def _count_on_target(grid):
-        both = C.BIT_BOX | C.BIT_TARGET
-        return ((grid & both) == both).sum().astype(jnp.int32)
 
     def checked_step(self, key, state: EnvState, action, params: EnvParams | None = None):
         """``step`` for debugging outside jit: raises on invalid actions or states."""
