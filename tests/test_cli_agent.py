@@ -22,6 +22,10 @@ def test_pretrain_then_evaluate_commands(tmp_path, capsys, monkeypatch):
     data = json.loads((tmp_path / "eval" / "passk.json").read_text())
     assert list(data["passk"]["base"]) == ["1", "2", "4"]
     assert (tmp_path / "eval" / "passk.png").exists()
+    capsys.readouterr()
+    assert main(["play", str(wd), "--demo-levels", "4", "--tokens", "--gif", str(tmp_path / "p.gif")]) == 0
+    text = capsys.readouterr().out
+    assert "step 1:" in text and "<bos>" in text and (tmp_path / "p.gif").exists()
 
 
 def test_evaluate_errors(tmp_path, capsys):

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leafe_jax.cli import evaluate, pretrain, sokoban
+from leafe_jax.cli import evaluate, play, pretrain, sokoban
 
 
-GROUPS = {"sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate}
+GROUPS = {"sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate, "play": play}
 
 
 def build_parser() -> argparse.ArgumentParser:
