@@ -129,8 +129,8 @@ def main():
             print(json.dumps(row), flush=True)
     with open(args.out, "w") as fh:
         json.dump(res, fh, indent=1)
-    print(f"\n| model | params | batch | ours tok/s | transformers tok/s | ours / transformers | "
-          f"% of roofline (bound) |\n|---|---|---|---|---|---|---|")
+    print("\n| model | params | batch | ours tok/s | transformers tok/s | ours / transformers | "
+          "% of roofline (bound) |\n|---|---|---|---|---|---|---|")
     for r in res["rows"]:
         print(f"| {r['model']} | {r['params'] / 1e6:.1f} M | {r['batch']} | {r['ours_tokens_per_s']:.0f} | "
               f"{r['hf_tokens_per_s']:.0f} | {r['ratio_vs_hf']:.1f}x | "

@@ -47,7 +47,7 @@ def test_pretrain_then_evaluate_end_to_end(tmp_path):
     env = preset.make_env()
     success = sample_success(loaded, env, env.default_params, held.level, 4, jax.random.key(0),
                              progress=False)
-    tables = write_sweep({"base": success}, str(tmp_path / "eval"))
+    write_sweep({"base": success}, str(tmp_path / "eval"))
     data = json.loads((tmp_path / "eval" / "passk.json").read_text())
     assert list(data["passk"]["base"]) == ["1", "2", "4"]
     vals = [data["passk"]["base"][k]["mean"] for k in ("1", "2", "4")]

@@ -60,7 +60,6 @@ def test_restart_at_tau_reproduces_the_continuation(setup):
     env, params, starts, model, keys, traj = setup
     tau = 3
     assert (np.asarray(traj.num_steps) > tau).all()
-    C = (env.height - 2) * (env.width - 2)
     start_tau = jax.tree.map(lambda x: x[tau], traj.states)
     # the prefix is everything before turn tau's cells: up to and including action tau-1
     plen = np.asarray(traj.action_pos[tau - 1]) + 1

@@ -1,6 +1,5 @@
 """Model and sampler: cache = full forward, sampling strategies, determinism, no retraces."""
 
-import chex
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -3,7 +3,6 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from leafe_jax.envs.sokoban import Sokoban, push_distance
 from sokoban_cases import level

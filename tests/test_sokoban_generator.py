@@ -1,7 +1,5 @@
 """The JAX level generator: validity, solutions, determinism, agreement with the solver."""
 
-import dataclasses
-
 import jax
 import numpy as np
 import pytest

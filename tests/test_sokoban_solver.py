@@ -4,7 +4,6 @@ import collections
 
 import jax
 import numpy as np
-import pytest
 
 from leafe_jax.envs.sokoban import generate_levels, get_preset, solve
 from sokoban_cases import level

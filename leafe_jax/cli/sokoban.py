@@ -127,7 +127,6 @@ def _generate(args) -> int:
 
 def _demo(args) -> int:
     import jax
-    import jax.numpy as jnp
 
     from leafe_jax.envs.sokoban import (get_preset, generate_levels, make_bank, render_text,
                                         solve)
