@@ -132,3 +132,12 @@ def test_large_presets_build_abstractly_with_published_sizes(name, billions):
     n = sum(x.size for x in jax.tree.leaves(state))
     assert n / 1e9 == pytest.approx(billions, rel=2e-3)
     assert n == PRESETS[name].num_params()
+
+
+def test_config_dict_round_trip_keeps_rope_scaling():
+    import json
+    cfg = PRESETS["llama3.1-8b"]
+    back = ModelConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
+    assert back == cfg and back.rope_scaling is not None
+    with pytest.raises(ValueError, match=r"unknown model config keys \['bogus'\]"):
+        ModelConfig.from_dict(cfg.to_dict() | {"bogus": 1})

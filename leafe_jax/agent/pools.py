@@ -35,3 +35,9 @@ def level_pool(name: str, num: int, cfg: GeneratorConfig, seed: int = 0, *,
             idx = np.array(keep[:num])
             return jax.tree.map(lambda x: x[idx], gen)
         extra += num - len(keep) + 8
+
+
+def held_out_pool(num: int, cfg: GeneratorConfig, seed: int, num_demo: int) -> GeneratedLevel:
+    """The first ``num`` evaluation levels, none identical to the ``num_demo`` demo levels."""
+    demo = level_pool("demo", num_demo, cfg, seed)
+    return level_pool("eval", num, cfg, seed, exclude=(demo,))

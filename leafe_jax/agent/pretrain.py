@@ -78,7 +78,7 @@ def pretrain_base_policy(preset: Preset, model_cfg: ModelConfig, cfg: PretrainCo
     metrics = train_loop(model, opt, step_batches(tokens, mask, cfg.batch_size, cfg.seed),
                          LoopConfig(num_steps=cfg.steps, log_every=max(1, min(50, cfg.steps)),
                                     ckpt_every=max(1, cfg.steps // 4), progress=progress),
-                         workdir, meta={"model": dataclasses.asdict(model_cfg) | {"rope_scaling": None},
+                         workdir, meta={"model": model_cfg.to_dict(),
                                         "preset": preset.name})
     stats = {"examples": len(ex), "demo": sum(s == "demo" for _, _, s in ex),
              "demo+exp": sum(s == "demo+exp" for _, _, s in ex), "tokens_per_example": length}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 
 
@@ -32,9 +31,7 @@ def load_policy(workdir: str):
     meta = ck.metadata()
     if "model" not in meta:
         raise ValueError(f"{ckdir}: checkpoint metadata lacks the model config")
-    fields = {f.name for f in dataclasses.fields(ModelConfig)}
-    cfg = ModelConfig(**{k: v for k, v in meta["model"].items() if k in fields})
-    model = create_model(cfg)
+    model = create_model(ModelConfig.from_dict(meta["model"]))
     ck.restore(model)
     ck.close()
     return model, meta
@@ -44,13 +41,13 @@ def run(args) -> int:
     import jax
 
     from leafe_jax.agent import encoding as E
-    from leafe_jax.agent.pools import level_pool
+    from leafe_jax.agent.pools import held_out_pool
     from leafe_jax.envs.sokoban import get_preset
     from leafe_jax.eval.sweep import sample_success, write_sweep
 
     if args.n < 1 or args.levels < 1:
         raise ValueError("--n and --levels must be >= 1")
-    results, preset_name = {}, args.preset
+    results, preset_name, held = {}, args.preset, None
     for spec in args.workdirs:
         name, _, wd = spec.rpartition("=")
         name = name or os.path.basename(os.path.normpath(wd))
@@ -61,10 +58,10 @@ def run(args) -> int:
         if model.cfg.vocab_size < E.VOCAB_SIZE:
             raise ValueError(f"{wd}: model vocabulary {model.cfg.vocab_size} does not cover the "
                              f"interaction vocabulary ({E.VOCAB_SIZE})")
-        preset = get_preset(preset_name)
-        demo = level_pool("demo", args.demo_levels, preset.generator, args.seed)
-        held = level_pool("eval", args.levels, preset.generator, args.seed, exclude=(demo,))
-        env = preset.make_env()
+        if held is None:          # one preset for all runs (checked above): pools once
+            preset = get_preset(preset_name)
+            held = held_out_pool(args.levels, preset.generator, args.seed, args.demo_levels)
+            env = preset.make_env()
         results[name] = sample_success(model, env, env.default_params, held.level, args.n,
                                        jax.random.key(args.seed), temperature=args.temperature)
     tables = write_sweep(results, args.out, title=f"{preset_name}, {args.levels} held-out levels, "

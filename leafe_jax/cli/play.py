@@ -22,7 +22,7 @@ def run(args) -> int:
     import numpy as np
 
     from leafe_jax.agent import encoding as E
-    from leafe_jax.agent.pools import level_pool
+    from leafe_jax.agent.pools import held_out_pool
     from leafe_jax.agent.rollout import rollout
     from leafe_jax.cli.evaluate import load_policy
     from leafe_jax.envs.sokoban import get_preset, render_text, save_gif
@@ -31,8 +31,7 @@ def run(args) -> int:
     preset = get_preset(meta["preset"])
     if args.index < 0:
         raise ValueError(f"--index must be >= 0, got {args.index}")
-    demo = level_pool("demo", args.demo_levels, preset.generator, args.seed)
-    held = level_pool("eval", args.index + 1, preset.generator, args.seed, exclude=(demo,))
+    held = held_out_pool(args.index + 1, preset.generator, args.seed, args.demo_levels)
     env = preset.make_env()
     params = env.default_params
     lvl = jax.tree.map(lambda x: x[args.index: args.index + 1], held.level)
