@@ -55,7 +55,19 @@ same = all(np.allclose(np.asarray(jax.experimental.multihost_utils.process_allga
            for a, b in zip(jax.tree.leaves(nnx.state(model, nnx.Param)),
                            jax.tree.leaves(nnx.state(fresh, nnx.Param))))
 ck.close()
+
+# the whole stack: grain shards of a TFDS dataset -> train_loop on the mesh -> checkpoint
+from leafe_jax.data.loader import sft_batches  # noqa: E402
+from leafe_jax.data.store import sft_source  # noqa: E402
+from leafe_jax.train.loop import LoopConfig, train_loop  # noqa: E402
+
+model = create_model(CFG, seed=0, mesh=mesh)
+opt = create_optimizer(model, OPT, mesh)
+data = sft_batches(sft_source(workdir + "/data"), batch_size=8, max_len=16, seed=0, buckets=(16,))
+final = train_loop(model, opt, data, LoopConfig(num_steps=2, log_every=1, progress=False),
+                   workdir + "/loop", mesh=mesh)
 print("RESULT " + json.dumps({"pid": pid, "processes": jax.process_count(),
                               "devices": jax.device_count(), "losses": losses,
-                              "restored_equal": bool(same), "meta_losses": meta["losses"]}), flush=True)
+                              "restored_equal": bool(same), "meta_losses": meta["losses"],
+                              "loop_loss": final["loss"]}), flush=True)
 jax.distributed.shutdown()

@@ -22,6 +22,11 @@ def free_port():
 
 @pytest.mark.slow
 def test_two_processes_train_and_checkpoint(tmp_path):
+    from leafe_jax.data.store import SftRecords, write_sft
+    rng = np.random.default_rng(0)
+    toks = [rng.integers(1, 32, rng.integers(4, 17)) for _ in range(24)]
+    write_sft(SftRecords.build(toks, [t % 2 == 0 for t in toks], source="demo"),
+              tmp_path / "ckpt" / "data")
     port = free_port()
     env = {**os.environ, "PYTHONPATH": os.path.dirname(HERE)}
     procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "multihost_worker.py"), str(i),
@@ -52,3 +57,18 @@ def test_two_processes_train_and_checkpoint(tmp_path):
              "weight": jax.numpy.asarray(rng.choice([0.5, 1.0], 8), jax.numpy.float32)}
         ref.append(float(train_step(model, opt, b)["loss"]))
     np.testing.assert_allclose(results[0]["losses"], ref, rtol=1e-5)
+    # the loop's two steps: global batch = process 0's shard rows, then process 1's
+    from leafe_jax.data.loader import sft_batches
+    from leafe_jax.data.store import sft_source
+    model = create_model(get_config("test-tiny").replace(vocab_size=32), seed=0)
+    opt = create_optimizer(model, OptimConfig(learning_rate=1e-2, warmup_steps=1, total_steps=10))
+    its = [sft_batches(sft_source(tmp_path / "ckpt" / "data"), batch_size=8, max_len=16, seed=0,
+                       buckets=(16,), process_index=i, process_count=2) for i in range(2)]
+    for _ in range(2):
+        parts = [next(it) for it in its]
+        b = {k: jax.numpy.concatenate([p[k] for p in parts]) for k in parts[0]}
+        loss = float(train_step(model, opt, b)["loss"])
+    assert results[0]["loop_loss"] == results[1]["loop_loss"]
+    np.testing.assert_allclose(results[0]["loop_loss"], loss, rtol=1e-5)
+    lines = (tmp_path / "ckpt" / "loop" / "metrics.jsonl").read_text().strip().split("\n")
+    assert len(lines) == 2                     # written by process 0 only

@@ -108,7 +108,7 @@ def test_nan_stops_and_keeps_last_good_checkpoint(tmp_path):
             b["weight"] = b["weight"] * jnp.nan
         return b
 
-    with pytest.raises(FloatingPointError, match="non-finite metrics at step 4.*step 2"):
+    with pytest.raises(FloatingPointError, match="non-finite loss or gradient at step 4.*step 2"):
         train_loop(m, o, batches, LoopConfig(num_steps=6, log_every=1, ckpt_every=2,
                                              progress=False), str(tmp_path))
     ck = Checkpointer(str(tmp_path / "checkpoints"))
@@ -134,3 +134,56 @@ def test_missing_checkpoint_and_restore_onto_another_mesh(tmp_path):
     assert meta["note"] == "x" and meta["step"] == 1
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y), params_of(m), params_of(m2))
     assert len(m2.layers[0].attn.q.kernel[...].sharding.device_set) == 8
+
+
+def test_corrupt_latest_checkpoint_stops_the_loop_and_is_left_alone(tmp_path):
+    import glob
+    cfg = LoopConfig(num_steps=2, log_every=1, ckpt_every=2, progress=False)
+    m, o = fresh()
+    train_loop(m, o, batch, cfg, tmp_path)
+    files = [f for f in glob.glob(str(tmp_path / "checkpoints" / "2" / "params" / "**" / "d" / "*"),
+                                  recursive=True) if os.path.isfile(f)]
+    assert files
+    for f in files:
+        with open(f, "wb") as fh:
+            fh.write(b"garbage")
+    before = sorted(os.listdir(tmp_path / "checkpoints"))
+    m2, o2 = fresh()
+    with pytest.raises(ValueError, match="step 2 .* does not match this model or is corrupt"):
+        train_loop(m2, o2, batch, LoopConfig(num_steps=4, log_every=1, ckpt_every=1, progress=False),
+                   tmp_path)
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def test_export_params_only(tmp_path):
+    import orbax.checkpoint as ocp
+    m, o = fresh()
+    train_step(m, o, batch(0))
+    ck = Checkpointer(str(tmp_path / "c"))
+    ck.save(1, m, o, force=True)
+    ck.wait()
+    out = ck.export_params(tmp_path / "export", model=create_model(CFG, seed=5))
+    restored = ocp.StandardCheckpointer().restore(out)
+    want = params_of(m)
+    got = jax.tree.leaves(restored)
+    assert len(got) == len(jax.tree.leaves(want))          # params only: no optimiser moments
+    for a, b in zip(jax.tree.leaves(want), got):
+        np.testing.assert_allclose(a, np.asarray(b))
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        ck.export_params(tmp_path / "export", model=create_model(CFG, seed=5))
+
+
+def test_distributed_arguments_must_come_together(monkeypatch):
+    from leafe_jax import distributed
+    for k in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS", "LEAFE_COORDINATOR",
+              "LEAFE_NUM_PROCESSES", "LEAFE_PROCESS_ID"):
+        monkeypatch.delenv(k, raising=False)
+    assert distributed.maybe_initialize() is False            # one host: nothing to do
+    with pytest.raises(ValueError, match="need all of coordinator, num_processes and process_id"):
+        distributed.maybe_initialize(num_processes=2)
+    with pytest.raises(ValueError, match=r"process_id 2 not in \[0, 2\)"):
+        distributed.maybe_initialize("localhost:1", 2, 2)
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "10.0.0.2,10.0.0.3")
+    assert distributed.on_multihost_tpu()
+    monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
+    assert not distributed.on_multihost_tpu()

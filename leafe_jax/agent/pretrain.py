@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from leafe_jax.agent import encoding as E
 from leafe_jax.agent.demos import bc_examples, build_demos
 from leafe_jax.agent.pools import level_pool
+from leafe_jax.data.loader import sft_batches
+from leafe_jax.data.store import SftRecords, sft_source, write_sft
 from leafe_jax.envs.sokoban.presets import Preset
 from leafe_jax.policy.config import ModelConfig
 from leafe_jax.policy.model import create_model
@@ -58,28 +62,45 @@ class PretrainConfig:
             raise ValueError(f"invalid pretraining config {self}")
 
 
-def pretrain_base_policy(preset: Preset, model_cfg: ModelConfig, cfg: PretrainConfig, workdir: str,
-                         *, progress: bool = True):
-    """Behaviour cloning on the demo pool; returns ``(model, final metrics, data stats)``."""
-    if model_cfg.vocab_size < E.VOCAB_SIZE:
-        raise ValueError(f"model vocabulary {model_cfg.vocab_size} < interaction vocabulary "
-                         f"{E.VOCAB_SIZE}")
+def bc_dataset(preset: Preset, cfg: PretrainConfig, data_dir) -> dict:
+    """Write the demo pool's BC examples as an ``sft_examples`` dataset (kept if present:
+    a resumed run reuses it); returns its stats (examples per source, longest example)."""
+    data_dir = epath.Path(data_dir)
+    stats_file = data_dir / "stats.json"
+    if stats_file.exists():
+        return json.loads(stats_file.read_text())
     env = preset.make_env()
     demos = level_pool("demo", cfg.num_demo_levels, preset.generator, cfg.seed)
     d = build_demos(env, env.default_params, demos)
     ex = bc_examples(d, preset.width, np.random.default_rng(cfg.seed), exp_per_episode=cfg.exp_per_episode)
-    length = max(len(t) for t, _, _ in ex)
-    if length > model_cfg.max_seq_len:
-        raise ValueError(f"demonstrations need {length} tokens; the model allows {model_cfg.max_seq_len}")
-    tokens, mask = pack(ex, int(-(-length // 16) * 16))
-    model = create_model(model_cfg, seed=cfg.seed)
+    write_sft(SftRecords.from_tuples(ex), data_dir, overwrite=True)
+    stats = {"examples": len(ex), "demo": sum(s == "demo" for _, _, s in ex),
+             "demo+exp": sum(s == "demo+exp" for _, _, s in ex),
+             "max_len": max(len(t) for t, _, _ in ex)}
+    stats_file.write_text(json.dumps(stats))
+    return stats
+
+
+def pretrain_base_policy(preset: Preset, model_cfg: ModelConfig, cfg: PretrainConfig, workdir: str,
+                         *, progress: bool = True, mesh=None):
+    """Behaviour cloning on the demo pool; returns ``(model, final metrics, data stats)``."""
+    if model_cfg.vocab_size < E.VOCAB_SIZE:
+        raise ValueError(f"model vocabulary {model_cfg.vocab_size} < interaction vocabulary "
+                         f"{E.VOCAB_SIZE}")
+    stats = bc_dataset(preset, cfg, epath.Path(workdir) / "data")
+    max_len = int(-(-stats["max_len"] // 16) * 16)
+    if stats["max_len"] > model_cfg.max_seq_len:
+        raise ValueError(f"demonstrations need {stats['max_len']} tokens; the model allows "
+                         f"{model_cfg.max_seq_len}")
+    data = sft_batches(sft_source(epath.Path(workdir) / "data"), batch_size=cfg.batch_size,
+                       max_len=max_len, seed=cfg.seed)
+    model = create_model(model_cfg, seed=cfg.seed, mesh=mesh)
     opt = create_optimizer(model, OptimConfig(
-        learning_rate=cfg.learning_rate, warmup_steps=min(50, cfg.steps // 10), total_steps=cfg.steps))
-    metrics = train_loop(model, opt, step_batches(tokens, mask, cfg.batch_size, cfg.seed),
+        learning_rate=cfg.learning_rate, warmup_steps=min(50, cfg.steps // 10), total_steps=cfg.steps),
+        mesh)
+    metrics = train_loop(model, opt, data,
                          LoopConfig(num_steps=cfg.steps, log_every=max(1, min(50, cfg.steps)),
                                     ckpt_every=max(1, cfg.steps // 4), progress=progress),
-                         workdir, meta={"model": model_cfg.to_dict(),
-                                        "preset": preset.name})
-    stats = {"examples": len(ex), "demo": sum(s == "demo" for _, _, s in ex),
-             "demo+exp": sum(s == "demo+exp" for _, _, s in ex), "tokens_per_example": length}
+                         workdir, mesh=mesh, meta={"model": model_cfg.to_dict(), "preset": preset.name,
+                                                   "pretrain": dataclasses.asdict(cfg)})
     return model, metrics, stats

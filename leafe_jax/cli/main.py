@@ -13,6 +13,10 @@ GROUPS = {"sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate, "play"
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="leafe", description="LEAFE in JAX: command line.")
+    mh = parser.add_argument_group("multi-host (detected on Cloud TPU slices; else give all three)")
+    mh.add_argument("--coordinator", help="host:port of process 0")
+    mh.add_argument("--num-processes", type=int)
+    mh.add_argument("--process-id", type=int)
     sub = parser.add_subparsers(dest="group", required=True)
     for name, module in GROUPS.items():
         module.register(sub.add_parser(name, help=module.__doc__.splitlines()[0]))
@@ -22,6 +26,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        from leafe_jax.distributed import maybe_initialize
+        maybe_initialize(args.coordinator, args.num_processes, args.process_id)
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError, KeyError) as e:
         print(f"leafe: error: {e}", file=sys.stderr)

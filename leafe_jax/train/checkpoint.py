@@ -2,7 +2,11 @@
 
 Restore targets are the *live* model's and optimizer's arrays (shape, dtype and sharding),
 so a checkpoint written on one mesh restores onto another: build the model under the new
-mesh first.
+mesh first. A step holds ``params``, ``opt`` (optional), ``meta`` (JSON: config, preset ...)
+and ``data`` (JSON: the input iterator's state, optional). Directories may be local paths or
+``gs://`` URLs (orbax writes through ``etils.epath``). Orbax writes each step into a
+temporary directory and renames it when complete: a killed save never corrupts the latest
+good step.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from flax import nnx
 
 
@@ -24,7 +29,8 @@ def _abstract(state):
 
 class Checkpointer:
     def __init__(self, directory: str, *, save_every: int = 1, keep: int = 3):
-        self.directory = os.path.abspath(directory)
+        directory = str(directory)
+        self.directory = directory if "://" in directory else os.path.abspath(directory)
         self.manager = ocp.CheckpointManager(
             self.directory, options=ocp.CheckpointManagerOptions(
                 max_to_keep=keep, save_interval_steps=save_every, create=True))
@@ -32,9 +38,12 @@ class Checkpointer:
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
-    def save(self, step: int, model, optimizer=None, meta: dict | None = None, *, force=False) -> bool:
+    def save(self, step: int, model, optimizer=None, meta: dict | None = None, *,
+             data_state: dict | None = None, force=False) -> bool:
         items = {"params": ocp.args.StandardSave(nnx.state(model, nnx.Param)),
                  "meta": ocp.args.JsonSave(meta or {})}
+        if data_state is not None:
+            items["data"] = ocp.args.JsonSave(data_state)
         if optimizer is not None:
             items["opt"] = ocp.args.StandardSave(nnx.state(optimizer, nnx.optimizer.OptState))
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
@@ -54,10 +63,14 @@ class Checkpointer:
         return step
 
     def restore(self, model, optimizer=None, step: int | None = None) -> dict:
-        """Load into ``model`` (and ``optimizer``) in place; returns the metadata."""
+        """Load into ``model`` (and ``optimizer``) in place; returns the metadata, with the
+        data-iterator state under ``"data_state"`` when the step holds one."""
         step = self._existing(step)
         items = {"params": ocp.args.StandardRestore(_abstract(nnx.state(model, nnx.Param))),
                  "meta": ocp.args.JsonRestore()}
+        has_data = (epath.Path(self.directory) / str(step) / "data").exists()
+        if has_data:
+            items["data"] = ocp.args.JsonRestore()
         if optimizer is not None:
             items["opt"] = ocp.args.StandardRestore(
                 _abstract(nnx.state(optimizer, nnx.optimizer.OptState)))
@@ -69,7 +82,22 @@ class Checkpointer:
         nnx.update(model, out["params"])
         if optimizer is not None:
             nnx.update(optimizer, out["opt"])
-        return dict(out["meta"] or {}) | {"step": step}
+        extra = {"data_state": dict(out["data"])} if has_data else {}
+        return dict(out["meta"] or {}) | {"step": step} | extra
+
+    def export_params(self, out_dir, step: int | None = None, model=None) -> str:
+        """Write the params of a step (alone: no optimiser state) to ``out_dir`` as a plain
+        orbax PyTree checkpoint; ``model`` gives the restore target (shape/sharding)."""
+        if model is None:
+            raise ValueError("export_params needs the model to restore into")
+        self.restore(model, step=step)
+        path = epath.Path(out_dir)
+        if path.exists():
+            raise FileExistsError(f"{path} exists; refusing to overwrite an export")
+        ckptr = ocp.StandardCheckpointer()
+        ckptr.save(path.absolute() if "://" not in str(path) else path, nnx.state(model, nnx.Param))
+        ckptr.wait_until_finished()
+        return str(path)
 
     def wait(self):
         self.manager.wait_until_finished()
