@@ -82,3 +82,13 @@ def shard_batch(mesh, batch):
     """Place every leaf of a batch with its leading axis over the batch mesh axes."""
     s = logical_sharding(mesh, ("batch",))
     return jax.tree.map(lambda x: jax.device_put(x, s), batch)
+
+
+def place_batch(batch: dict, mesh=None) -> dict:
+    """This process's share of a batch (host or device arrays) -> device arrays; under a mesh,
+    global arrays over the batch axes assembled from every process's share."""
+    import jax.numpy as jnp
+    if mesh is None:
+        return {k: jnp.asarray(v) for k, v in batch.items()}
+    s = logical_sharding(mesh, ("batch",))
+    return {k: jax.make_array_from_process_local_data(s, np.asarray(v)) for k, v in batch.items()}

@@ -187,3 +187,13 @@ def test_distributed_arguments_must_come_together(monkeypatch):
     assert distributed.on_multihost_tpu()
     monkeypatch.setenv("TPU_WORKER_HOSTNAMES", "localhost")
     assert not distributed.on_multihost_tpu()
+
+
+def test_remat_changes_memory_not_the_update():
+    m1, o1 = fresh()
+    model = create_model(CFG.replace(remat=True), seed=0)
+    o2 = create_optimizer(model, OPT)
+    a = train_step(m1, o1, batch(0))
+    b = train_step(model, o2, batch(0))
+    assert float(a["loss"]) == pytest.approx(float(b["loss"]), rel=1e-6)
+    jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), params_of(m1), params_of(model))

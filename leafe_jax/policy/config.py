@@ -36,6 +36,7 @@ class ModelConfig:
     max_seq_len: int = 2048
     param_dtype: str = "float32"         # "float32" | "bfloat16"
     dtype: str = "float32"               # compute dtype
+    remat: bool = False                  # recompute each block's activations in the backward pass
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -83,6 +84,26 @@ class ModelConfig:
         if d.get("rope_scaling") is not None:
             d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
         return cls(**d)
+
+
+DTYPE_POLICIES = {
+    "float32": ("float32", "float32"),        # CPU: bf16 matmuls are slower there
+    "bf16-mixed": ("float32", "bfloat16"),    # TPU/GPU training: f32 master weights, bf16 compute
+    "bfloat16": ("bfloat16", "bfloat16"),     # inference / memory-bound sampling
+}
+
+
+def with_dtype_policy(cfg: ModelConfig, policy: str | None = None, platform: str | None = None):
+    """``cfg`` with (param_dtype, dtype) from a named policy; ``None`` picks by platform
+    (``float32`` on CPU, ``bf16-mixed`` on TPU/GPU)."""
+    if policy is None:
+        import jax
+        platform = platform or jax.default_backend()
+        policy = "float32" if platform == "cpu" else "bf16-mixed"
+    if policy not in DTYPE_POLICIES:
+        raise ValueError(f"unknown dtype policy {policy!r}; known: {', '.join(DTYPE_POLICIES)}")
+    pd, cd = DTYPE_POLICIES[policy]
+    return cfg.replace(param_dtype=pd, dtype=cd)
 
 
 _LLAMA31 = RopeScaling()

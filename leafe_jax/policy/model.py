@@ -199,6 +199,9 @@ class Transformer(nnx.Module):
         x = self.embed(tokens_BxT)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
+            if cache is None and self.cfg.remat:      # training: keep only block inputs
+                x, _ = _remat_block(layer, x, cos, sin, positions_BxT, valid_BxT)
+                continue
             kv = None if cache is None else (cache.k[i], cache.v[i])
             x, new_kv = layer(x, cos, sin, positions_BxT, valid_BxT, kv, kv_len, attend_slots)
             if cache is not None:
@@ -211,6 +214,11 @@ class Transformer(nnx.Module):
             logits = self.lm_head(x)
         new_cache = None if cache is None else KVCache(k=tuple(ks), v=tuple(vs), lengths=kv_len)
         return logits.astype(jnp.float32), new_cache
+
+
+@nnx.remat
+def _remat_block(layer, x, cos, sin, pos, valid):
+    return layer(x, cos, sin, pos, valid, None, None)
 
 
 def create_model(cfg: ModelConfig, seed: int = 0, mesh=None) -> Transformer:

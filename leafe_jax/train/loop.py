@@ -22,10 +22,10 @@ from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from etils import epath
 from tqdm.auto import tqdm
 
+from leafe_jax.sharding import place_batch
 from leafe_jax.train.checkpoint import Checkpointer
 from leafe_jax.train.metrics import MetricsWriter
 from leafe_jax.train.step import eval_step, train_step
@@ -64,16 +64,6 @@ class StepData:
 
     def set_state(self, state: dict) -> None:
         self.step = int(state["step"])
-
-
-def place_batch(batch: dict, mesh=None) -> dict:
-    """Host/device batch -> device arrays (global arrays over the batch axes under a mesh)."""
-    if mesh is None:
-        return {k: jnp.asarray(v) for k, v in batch.items()}
-    from leafe_jax.sharding import logical_sharding
-
-    s = logical_sharding(mesh, ("batch",))
-    return {k: jax.make_array_from_process_local_data(s, np.asarray(v)) for k, v in batch.items()}
 
 
 def train_loop(model, optimizer, data, cfg: LoopConfig, workdir, *, mesh=None,

@@ -21,8 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
-from gymnax.environments import environment, spaces
+from leafe_jax.envs.compat import struct
+from leafe_jax.envs.compat import environment, spaces
 
 from leafe_jax.envs.sokoban import constants as C
 from leafe_jax.envs.sokoban.generator import generate_level

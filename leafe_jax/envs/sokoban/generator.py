@@ -25,7 +25,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from leafe_jax.envs.compat import struct
 
 from leafe_jax.envs.sokoban import constants as C
 from leafe_jax.envs.sokoban.grid import (bfs_layers, flat_shift, layer_of, pack_rows, shift,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import struct
+from leafe_jax.envs.compat import struct
 
 from leafe_jax.envs.sokoban import constants as C
 from leafe_jax.envs.sokoban.grid import shift
