@@ -29,6 +29,14 @@ RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("cache_seq", None),
     ("cache_kv", "tp"),      # the KV-head axis of the cache
     ("head_dim", None),
+    # activations (constrained inside the model so XLA keeps the batch split and does not
+    # replicate activations to match a weight's layout)
+    ("act_batch", ("data", "fsdp")),
+    ("act_seq", None),
+    ("act_embed", None),
+    ("act_heads", "tp"),
+    ("act_mlp", "tp"),
+    ("act_vocab", "tp"),
 )
 
 
@@ -92,3 +100,19 @@ def place_batch(batch: dict, mesh=None) -> dict:
         return {k: jnp.asarray(v) for k, v in batch.items()}
     s = logical_sharding(mesh, ("batch",))
     return {k: jax.make_array_from_process_local_data(s, np.asarray(v)) for k, v in batch.items()}
+
+
+def constrain(x, axes: tuple[str | None, ...]):
+    """``with_sharding_constraint`` of an activation by logical axes, under the current mesh
+    (a no-op without one). A dimension that its mesh axes do not divide is left free."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return x
+    spec = []
+    for dim, entry in zip(x.shape, logical_spec(axes)):
+        names = () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+        size = math.prod(mesh.shape[n] for n in names)
+        spec.append(entry if size > 1 and dim % size == 0 else None)
+    if all(e is None for e in spec):
+        return x
+    return jax.lax.with_sharding_constraint(x, PartitionSpec(*spec))

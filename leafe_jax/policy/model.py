@@ -19,7 +19,7 @@ import numpy as np
 from flax import nnx, struct
 
 from leafe_jax.policy.config import ModelConfig, rope_inv_freq
-from leafe_jax.sharding import RULES, logical_sharding, single_device_mesh
+from leafe_jax.sharding import RULES, constrain, logical_sharding, single_device_mesh
 
 _NEG = -1e30
 
@@ -101,9 +101,10 @@ class Attention(nnx.Module):
         B, T, _ = x_BxTxD.shape
         H, K, E = self.H, self.K, self.E
         G = H // K
-        q = apply_rope(self.q(x_BxTxD).reshape(B, T, H, E), cos, sin)
-        k = apply_rope(self.k(x_BxTxD).reshape(B, T, K, E), cos, sin)
-        v = self.v(x_BxTxD).reshape(B, T, K, E)
+        heads = ("act_batch", "act_seq", "act_heads", None)
+        q = apply_rope(constrain(self.q(x_BxTxD).reshape(B, T, H, E), heads), cos, sin)
+        k = apply_rope(constrain(self.k(x_BxTxD).reshape(B, T, K, E), heads), cos, sin)
+        v = constrain(self.v(x_BxTxD).reshape(B, T, K, E), heads)
         if cache_kv is None:
             keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # [B, K, T, E]
             mask = (pos_BxT[:, None, :] <= pos_BxT[:, :, None]) & valid_BxT[:, None, :]
@@ -138,7 +139,8 @@ class MLP(nnx.Module):
         self.down = _linear(cfg, F, D, ("mlp", "embed"), False, rngs)
 
     def __call__(self, x):
-        return self.down(jax.nn.silu(self.gate(x)) * self.up(x))
+        h = constrain(jax.nn.silu(self.gate(x)) * self.up(x), ("act_batch", "act_seq", "act_mlp"))
+        return self.down(h)
 
 
 class Block(nnx.Module):
@@ -196,14 +198,17 @@ class Transformer(nnx.Module):
         kv_len = None
         if cache is not None:
             kv_len = new_lengths_B if new_lengths_B is not None else cache.lengths + T
-        x = self.embed(tokens_BxT)
+        act = ("act_batch", "act_seq", "act_embed")
+        x = constrain(self.embed(tokens_BxT), act)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             if cache is None and self.cfg.remat:      # training: keep only block inputs
                 x, _ = _remat_block(layer, x, cos, sin, positions_BxT, valid_BxT)
+                x = constrain(x, act)
                 continue
             kv = None if cache is None else (cache.k[i], cache.v[i])
             x, new_kv = layer(x, cos, sin, positions_BxT, valid_BxT, kv, kv_len, attend_slots)
+            x = constrain(x, act)
             if cache is not None:
                 ks.append(new_kv[0])
                 vs.append(new_kv[1])
@@ -212,6 +217,7 @@ class Transformer(nnx.Module):
             logits = self.embed.attend(x)
         else:
             logits = self.lm_head(x)
+        logits = constrain(logits, ("act_batch", "act_seq", "act_vocab"))
         new_cache = None if cache is None else KVCache(k=tuple(ks), v=tuple(vs), lengths=kv_len)
         return logits.astype(jnp.float32), new_cache
 
