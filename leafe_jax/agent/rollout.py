@@ -145,13 +145,16 @@ def cache_size_for(env: Sokoban, prefix_len: int, num_steps: int) -> int:
 
 def rollout(model, env: Sokoban, params, start_states: EnvState, keys, *, num_steps: int,
             prefix=None, prefix_len=None, first_feedback=None, experience=None,
-            forbidden=None, temperature: float = 1.0) -> Trajectory:
+            forbidden=None, temperature: float = 1.0, cache_size: int | None = None) -> Trajectory:
     """Run ``num_steps`` turns of the policy from ``start_states`` (batched, leading B).
 
     ``prefix`` [B, P] / ``prefix_len`` [B]: tokens before the current turn (default: BOS).
     ``first_feedback`` [B]: the feedback token shown with the first observation (default
     FB_START). ``experience`` [B, EXP_LEN] (rows of PAD = none) goes right before the
-    first action; ``forbidden`` [B, 4] bool masks first actions.
+    first action; ``forbidden`` [B, 4] bool masks first actions. ``cache_size`` overrides the
+    context slots (default: the padded prefix plus ``num_steps`` turns); rollback branches
+    pass the size of a whole episode, since a branch at tau has ``num_steps - tau`` turns
+    left (writes past the end, by rows already finished, are dropped).
     """
     B = int(np.shape(start_states.player)[0])
     keys = jnp.asarray(keys)
@@ -174,7 +177,9 @@ def rollout(model, env: Sokoban, params, start_states: EnvState, keys, *, num_st
     if model.cfg.vocab_size < E.VOCAB_SIZE:
         raise ValueError(f"the policy's vocabulary ({model.cfg.vocab_size}) is smaller than the "
                          f"interaction vocabulary ({E.VOCAB_SIZE})")
-    size = cache_size_for(env, prefix.shape[1], num_steps)
+    size = cache_size_for(env, prefix.shape[1], num_steps) if cache_size is None else int(cache_size)
+    if size < prefix.shape[1] + E.turn_length(env.height, env.width) + E.EXP_LEN:
+        raise ValueError(f"cache_size {size} cannot hold a prefix of {prefix.shape[1]} tokens and a turn")
     if size > model.cfg.max_seq_len:
         raise ValueError(f"{num_steps} turns need {size} context slots; the policy allows "
                          f"{model.cfg.max_seq_len}")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leafe_jax.cli import evaluate, play, pretrain, sokoban
+from leafe_jax.cli import evaluate, pipeline, play, pretrain, sokoban
 
 
-GROUPS = {"sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate, "play": play}
+GROUPS = {"pipeline": pipeline, "sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate,
+          "play": play}
 
 
 def build_parser() -> argparse.ArgumentParser:

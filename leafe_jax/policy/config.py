@@ -112,6 +112,8 @@ PRESETS = {c.name: c for c in [
     ModelConfig(name="test-tiny", vocab_size=64, hidden_size=32, intermediate_size=64,
                 num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=128, tie_embeddings=True),
     # Sokoban policies trained from scratch (symbolic interface, ~1-3M parameters).
+    ModelConfig(name="sokoban-tiny", vocab_size=64, hidden_size=32, intermediate_size=64,
+                num_layers=2, num_heads=4, num_kv_heads=2, max_seq_len=1024, tie_embeddings=True),
     ModelConfig(name="sokoban-small", vocab_size=128, hidden_size=192, intermediate_size=512,
                 num_layers=4, num_heads=6, num_kv_heads=2, max_seq_len=1024,
                 tie_embeddings=True),

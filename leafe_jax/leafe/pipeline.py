@@ -1,0 +1,259 @@
+"""``leafe pipeline``: base policy -> Stage 1 -> datasets -> Stage 2 -> Pass@k -> report.
+
+Everything goes into one work directory; a stage whose output exists is skipped, so a
+killed run resumes where it stopped (the training stages also resume mid-way from their
+checkpoints). ``timings.json`` records how long each stage took.
+
+    workdir/
+      config.json  timings.json  report.md  passk.png
+      base/                 BC checkpoints + data (leafe pretrain)
+      stage1/<strategy>/    tree.npz, stats.json, trees.txt (examples rendered)
+      data/<variant>/       TFDS sft_examples (+ stats.json)
+      sft/<variant>/        Stage-2 checkpoints (leafe | rehearsal | e2p | bc control)
+      eval/                 passk.json / .md / .png over base and every variant
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+
+import jax
+import numpy as np
+
+from leafe_jax.leafe.config import PipelineConfig
+from leafe_jax.leafe.explore import load_tree, save_tree
+
+
+class Timer:
+    def __init__(self, path):
+        self.path = path
+        self.t = json.load(open(path)) if os.path.exists(path) else {}
+
+    def run(self, name, fn):
+        t0 = time.perf_counter()
+        out = fn()
+        self.t[name] = self.t.get(name, 0.0) + time.perf_counter() - t0
+        with open(self.path, "w") as fh:
+            json.dump(self.t, fh, indent=1)
+        return out
+
+
+def _done(path) -> bool:
+    return os.path.exists(os.path.join(path, "DONE"))
+
+
+def _mark(path, info=None):
+    os.makedirs(path, exist_ok=True)
+    with open(os.path.join(path, "DONE"), "w") as fh:
+        json.dump(info or {}, fh)
+
+
+def _log(msg):
+    print(f"[leafe pipeline] {msg}", flush=True)
+
+
+def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) -> dict:
+    from leafe_jax.agent.pools import level_pool
+    from leafe_jax.agent.pretrain import PretrainConfig, pretrain_base_policy
+    from leafe_jax.envs.sokoban import get_preset
+    from leafe_jax.policy.config import get_config
+
+    os.makedirs(workdir, exist_ok=True)
+    cfg_file = os.path.join(workdir, "config.json")
+    if os.path.exists(cfg_file):
+        old = json.load(open(cfg_file))
+        if old != json.loads(json.dumps(cfg.to_dict())):
+            raise ValueError(f"{workdir} holds a run with another config ({cfg_file}); use a new "
+                             "work directory or the same config to resume")
+    else:
+        with open(cfg_file, "w") as fh:
+            json.dump(cfg.to_dict(), fh, indent=1)
+    timer = Timer(os.path.join(workdir, "timings.json"))
+    p = cfg.pipeline
+    preset = get_preset(p.preset)
+    model_cfg = get_config(p.model)
+    env = preset.make_env()
+    params = env.default_params
+
+    # 1. base policy
+    base_dir = os.path.join(workdir, "base")
+    if not _done(base_dir):
+        _log("base policy: behaviour cloning")
+        b = cfg.base
+        timer.run("base", lambda: pretrain_base_policy(
+            preset, model_cfg, PretrainConfig(num_demo_levels=b.demo_levels, exp_per_episode=b.exp_per_episode,
+                                              steps=b.steps, batch_size=b.batch_size, learning_rate=b.lr,
+                                              seed=p.seed), base_dir, progress=progress))
+        _mark(base_dir)
+    base_model = _load(base_dir)
+
+    # 2. Stage 1 on the training pool (disjoint from demo and eval levels)
+    demo = level_pool("demo", cfg.base.demo_levels, preset.generator, p.seed)
+    train = level_pool("train", cfg.stage1.train_levels, preset.generator, p.seed, exclude=(demo,))
+    trees = {}
+    for strategy in cfg.stage1.strategies:
+        out = os.path.join(workdir, "stage1", strategy)
+        if not _done(out):
+            _log(f"stage 1: {strategy}")
+            timer.run(f"stage1_{strategy}", lambda: _stage1(base_model, env, params, train, cfg, strategy,
+                                                            out, progress))
+            _mark(out)
+        trees[strategy] = out
+
+    # 3. Stage-2 datasets and 4. SFT
+    variants = {}
+    for v in cfg.stage2.variants:
+        data_dir = os.path.join(workdir, "data", v) if v != "bc" else os.path.join(base_dir, "data")
+        if v != "bc" and not _done(data_dir):
+            _log(f"dataset: {v}")
+            timer.run(f"data_{v}", lambda: _dataset(trees["rollback"], v, cfg, data_dir))
+            _mark(data_dir)
+        if v != "bc" and json.load(open(os.path.join(data_dir, "stats.json")))["examples"] == 0:
+            warnings.warn(f"Stage-2 variant {v!r} has no examples (no successful rollouts of the "
+                          "kind it needs): skipped")
+            continue
+        sft_dir = os.path.join(workdir, "sft", v)
+        if not _done(sft_dir):
+            _log(f"stage 2: {v}")
+            timer.run(f"sft_{v}", lambda: _finetune(base_dir, data_dir, sft_dir, cfg, progress))
+            _mark(sft_dir)
+        variants[v] = sft_dir
+
+    # 5. Pass@k on held-out levels
+    eval_dir = os.path.join(workdir, "eval")
+    if not _done(eval_dir):
+        timer.run("eval", lambda: _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, progress))
+        _mark(eval_dir)
+    report = _report(workdir, cfg, trees, timer.t)
+    _log(f"report: {os.path.join(workdir, 'report.md')}")
+    return report
+
+
+def _load(workdir):
+    from leafe_jax.cli.evaluate import load_policy
+    return load_policy(workdir)[0]
+
+
+def _stage1(model, env, params, train, cfg, strategy, out, progress):
+    from leafe_jax.leafe.explore import ExploreConfig, explore, solved_within, tree_stats
+    from leafe_jax.leafe.render import render_tree
+
+    s = cfg.stage1
+    ec = ExploreConfig(strategy=strategy, budget=s.budget, max_depth=s.max_depth, children=s.children,
+                       use_experience=s.use_experience, use_mask=s.use_mask,
+                       reflect_every=s.reflect_every, temperature=s.temperature)
+    tree = explore(model, env, params, train.level, jax.random.key(cfg.pipeline.seed + 1000), ec,
+                   progress=progress)
+    os.makedirs(out, exist_ok=True)
+    save_tree(tree, os.path.join(out, "tree.npz"))
+    stats = tree_stats(tree) | {"solved_within_k": solved_within(tree).mean(0).tolist()}
+    with open(os.path.join(out, "stats.json"), "w") as fh:
+        json.dump(stats, fh, indent=1)
+    with open(os.path.join(out, "trees.txt"), "w") as fh:
+        for b in _example_tasks(tree):
+            fh.write(render_tree(tree, b, env.width) + "\n\n")
+
+
+def _example_tasks(tree, n=3):
+    """The tasks with the most rollouts that ended solved, else the first ones."""
+    score = tree.valid.sum(1) + 100 * (tree.valid & tree.solved & (tree.parent >= 0)).any(1)
+    return list(np.argsort(-score, kind="stable")[:n])
+
+
+def _dataset(tree_dir, variant, cfg, data_dir):
+    from leafe_jax.data.store import write_sft
+    from leafe_jax.leafe.distill import DistillConfig, stage2_examples
+
+    s = cfg.stage2
+    dc = DistillConfig(rehearsal=variant in ("leafe", "rehearsal"), e2p=variant in ("leafe", "e2p"),
+                       e2p_suffix=s.e2p_suffix, beta=s.beta, dedupe=s.dedupe)
+    tree = load_tree(os.path.join(tree_dir, "tree.npz"))
+    records, stats = stage2_examples(tree, dc)
+    if stats["successful_branches"] == 0 and dc.e2p:
+        warnings.warn("Stage 1 produced no successful rollback branch: there is nothing to distil "
+                      "(e2p is empty); LEAFE reduces to rehearsal here. Raise the budget K, the "
+                      "depth D or the number of training levels.")
+    os.makedirs(data_dir, exist_ok=True)
+    stats["examples"] = 0 if records is None else len(records)
+    if records is not None:
+        write_sft(records, data_dir, overwrite=True)
+        stats["max_len"] = int(max(len(t) for t in records.tokens))
+    with open(os.path.join(data_dir, "stats.json"), "w") as fh:
+        json.dump(stats, fh, indent=1)
+
+
+def _finetune(base_dir, data_dir, sft_dir, cfg, progress):
+    from leafe_jax.data.loader import sft_batches
+    from leafe_jax.data.store import sft_source
+    from leafe_jax.train.loop import LoopConfig, train_loop
+    from leafe_jax.train.optim import OptimConfig, create_optimizer
+
+    s = cfg.stage2
+    model, meta = __import__("leafe_jax.cli.evaluate", fromlist=["load_policy"]).load_policy(base_dir)
+    stats = json.load(open(os.path.join(data_dir, "stats.json")))
+    max_len = int(-(-stats["max_len"] // 16) * 16)
+    data = sft_batches(sft_source(data_dir), batch_size=s.batch_size, max_len=max_len,
+                       seed=cfg.pipeline.seed)
+    opt = create_optimizer(model, OptimConfig(learning_rate=s.lr, warmup_steps=s.steps // 10,
+                                              total_steps=s.steps))
+    train_loop(model, opt, data, LoopConfig(num_steps=s.steps, log_every=max(1, min(25, s.steps)),
+                                            ckpt_every=max(1, s.steps // 2), progress=progress),
+               sft_dir, meta={"model": meta["model"], "preset": meta.get("preset"),
+                              "base": base_dir, "data": data_dir})
+
+
+def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, progress):
+    from leafe_jax.agent.pools import held_out_pool, level_pool
+    from leafe_jax.eval.sweep import sample_success, write_sweep
+
+    p = cfg.pipeline
+    demo = level_pool("demo", cfg.base.demo_levels, preset.generator, p.seed)
+    train = level_pool("train", cfg.stage1.train_levels, preset.generator, p.seed, exclude=(demo,))
+    held = level_pool("eval", cfg.eval.levels, preset.generator, p.seed, exclude=(demo, train))
+    del held_out_pool
+    results = {}
+    for name, d in [("base", base_dir)] + [(v if v != "bc" else "bc-control", w) for v, w in variants.items()]:
+        _log(f"eval: {name}")
+        model = _load(d)
+        results[name] = sample_success(model, env, params, held.level, cfg.eval.n,
+                                       jax.random.key(p.seed + 2000), temperature=cfg.eval.temperature,
+                                       progress=progress)
+    os.makedirs(eval_dir, exist_ok=True)
+    np.savez(os.path.join(eval_dir, "success.npz"), **results)
+    write_sweep(results, eval_dir, title=f"{p.preset}, {cfg.eval.levels} held-out levels, seed {p.seed}")
+
+
+def _report(workdir, cfg, trees, timings) -> dict:
+    passk = json.load(open(os.path.join(workdir, "eval", "passk.json")))
+    s1 = {k: json.load(open(os.path.join(v, "stats.json"))) for k, v in trees.items()}
+    lines = [f"# LEAFE pipeline report: {cfg.pipeline.preset}, model {cfg.pipeline.model}, "
+             f"seed {cfg.pipeline.seed}", "",
+             "## Pass@k on held-out levels (95 % bootstrap CI over levels)", "",
+             open(os.path.join(workdir, "eval", "passk.md")).read().strip(), "",
+             "![Pass@k](eval/passk.png)", "",
+             f"## Stage 1 at equal budget (K = {cfg.stage1.budget} rollouts per task, "
+             f"{cfg.stage1.train_levels} training levels)", "",
+             "| strategy | solved within k = 1 ... K | env steps | policy tokens | "
+             "branches / task | depth reached | successful branches |", "|---|---|---|---|---|---|---|"]
+    for k, st in s1.items():
+        sw = " / ".join(f"{100 * x:.1f}" for x in st["solved_within_k"])
+        lines.append(f"| {k} | {sw} | {st['env_steps']} | {st['tokens']} | "
+                     f"{st['branches_per_task']:.2f} | {st['max_depth_reached']} | "
+                     f"{st['successful_branches']} ({100 * st['branch_success_rate']:.1f} %) |")
+    lines += ["", "## Stage-2 data", ""]
+    for v in cfg.stage2.variants:
+        f = os.path.join(workdir, "data", v, "stats.json")
+        if os.path.exists(f):
+            lines.append(f"- {v}: {json.load(open(f))}")
+    if "rollback" in trees:
+        lines += ["", "## Example rollback trees", "", "```",
+                  open(os.path.join(trees["rollback"], "trees.txt")).read().strip(), "```"]
+    lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    lines.append(f"| total | {sum(timings.values()):.0f} |")
+    with open(os.path.join(workdir, "report.md"), "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    return {"passk": passk["passk"], "stage1": s1, "timings": timings}
