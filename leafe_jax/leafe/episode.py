@@ -126,3 +126,35 @@ def strip_experience(tokens, length: int):
         keep[p: p + E.EXP_LEN] = False
     idx = np.flatnonzero(keep)
     return tokens[idx], idx
+
+
+def episode_from_actions(env, level, actions, max_steps: int, *, token_slots: int | None = None,
+                         params=None) -> Episode:
+    """An unbatched ``Episode`` of a given action sequence from a level (host-side helper for
+    tests, logged data and docs): replayed states and feedback, tokens as the policy sees them."""
+    import numpy as np
+
+    from leafe_jax.envs.sokoban.replay import replay
+
+    params = params or env.default_params
+    acts = np.full(max_steps, -1, np.int32)
+    acts[: len(actions)] = actions
+    rep = replay(env, level, acts, params)
+    n = len(actions)
+    fb = np.concatenate([[E.FB_START], np.asarray(jax.vmap(E.feedback_token)(rep.info))[:-1]])
+    toks, _ = E.encode_episode(np.asarray(rep.obs[: n + 1]), acts[:n], fb[:n])
+    S = token_slots or len(toks)
+    tokens = np.zeros(S, np.int32)
+    tokens[: len(toks)] = toks
+    L = E.turn_length(env.height, env.width)
+    pos = np.full(max_steps, 0, np.int32)
+    pos[:n] = 1 + np.arange(n) * L + (L - 1)
+    info_keys = ("moved", "pushed", "bumped", "box_on_target", "box_off_target", "dead_square",
+                 "frozen", "deadlock", "progress", "invalid_action")
+    active = np.arange(max_steps) < n
+    return Episode(states=rep.states, actions=jnp.asarray(acts),
+                   feedback=jnp.asarray(np.concatenate([fb[1:], [E.FB_START]])),
+                   info={k: jnp.asarray(np.asarray(rep.info[k]) & active) for k in info_keys},
+                   active=jnp.asarray(active), action_pos=jnp.asarray(pos), tokens=jnp.asarray(tokens),
+                   token_len=jnp.int32(len(toks)), solved=jnp.asarray(rep.solved[n - 1]) if n else jnp.bool_(False),
+                   num_steps=jnp.int32(n), start=jnp.int32(0))

@@ -96,7 +96,7 @@ def tree_stats(tree: Tree) -> dict:
             "root_success_rate": float(tree.solved[:, 0].mean()),
             "solved_within_K": float(solved_within(tree)[:, -1].mean()),
             "env_steps": int(tree.env_steps[v].sum()), "tokens": int(tree.tokens[v].sum()),
-            "children_per_expanded_node": float(kids.sum(1)[kids.sum(1) > 0].mean())
+            "children_per_expanded_node": float(kids.sum(2)[kids.sum(2) > 0].mean())
             if kids.any() else 0.0}
 
 
@@ -170,7 +170,9 @@ def explore(model, env, params, levels, key, cfg: ExploreConfig, *, reflector=No
             pe = jax.tree.map(lambda x: _pad_rows(x, rows), parent_eps)
             tau_p = jnp.asarray(np.concatenate([tau, np.zeros(rows - R, np.int32)]))
             states, prefix, plen, fb = branch_inputs(pe, tau_p, C)
-            P = int(-(-int(jnp.max(plen)) // 64) * 64)
+            longest = int(jnp.max(plen))
+            P = min(int(-(-longest // 64) * 64), S - E.turn_length(env.height, env.width) - E.EXP_LEN)
+            assert longest <= P, (longest, P, S)
             exp_p = np.concatenate([exp, np.zeros((rows - R, E.EXP_LEN), np.int32)])
             forb_p = np.concatenate([forb, np.zeros((rows - R, 4), bool)])
             traj = rollout(model, env, params, states, keys, num_steps=T, prefix=prefix[:, :P],

@@ -1,0 +1,71 @@
+"""``leafe pipeline`` end to end on the tiny config: artefacts, resumption, config errors."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from leafe_jax.leafe import config as C
+
+
+def test_config_errors_are_named(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown config key\(s\) in \[stage1\]: \['budgett'\]"):
+        C.from_dict({"stage1": {"budgett": 3}})
+    with pytest.raises(ValueError, match=r"unknown config section\(s\) \['stage3'\]"):
+        C.from_dict({"stage3": {}})
+    with pytest.raises(ValueError, match="stage1.train_levels must be >= 1"):
+        C.from_dict({"stage1": {"train_levels": 0}})
+    with pytest.raises(ValueError, match="must be a number"):
+        C.from_dict({"base": {"steps": "many"}})
+    with pytest.raises(ValueError, match="unknown stage2 variants"):
+        C.from_dict({"stage2": {"variants": ["leafe", "magic"]}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[base\nsteps = 3")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        C.load(str(bad))
+    with pytest.raises(FileNotFoundError, match="no pipeline config"):
+        C.load(str(tmp_path / "missing.toml"))
+    cfg = C.load(os.path.join(os.path.dirname(__file__), "..", "experiments", "leafe_small.toml"),
+                 ["pipeline.seed=2", "stage1.budget=4"])
+    assert cfg.pipeline.seed == 2 and cfg.stage1.budget == 4 and cfg == C.from_dict(
+        {"pipeline": {"seed": 2}, "stage1": {"budget": 4}})      # the file is the default
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_end_to_end(tmp_path):
+    from leafe_jax.cli.evaluate import load_policy
+    from leafe_jax.data.store import sft_counts, sft_source
+    from leafe_jax.leafe.pipeline import run_pipeline
+
+    wd = str(tmp_path / "run")
+    report = run_pipeline(C.tiny(), wd, progress=False)
+    # datasets: sizes and sources as the stats say
+    for v, allowed in (("leafe", {"rehearsal", "e2p"}), ("rehearsal", {"rehearsal"})):
+        stats = json.load(open(os.path.join(wd, "data", v, "stats.json")))
+        if stats["examples"]:
+            counts = sft_counts(sft_source(os.path.join(wd, "data", v)))
+            assert set(counts) <= allowed and sum(counts.values()) == stats["examples"]
+            assert counts.get("e2p", 0) == stats["e2p"]
+    # checkpoints load
+    for v in ("leafe", "bc"):
+        model, meta = load_policy(os.path.join(wd, "sft", v))
+        assert meta["step"] == C.tiny().stage2.steps
+    # Pass@k JSON: expected keys, values in [0, 1], non-decreasing in k
+    passk = json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"]
+    assert {"base", "leafe", "bc-control"} <= set(passk)
+    for table in passk.values():
+        vals = [table[k]["mean"] for k in sorted(table, key=int)]
+        assert list(map(int, sorted(table, key=int))) == [1, 2, 4]
+        assert all(0 <= x <= 1 for x in vals) and vals == sorted(vals)
+    text = open(os.path.join(wd, "report.md")).read()
+    assert "Stage 1 at equal budget" in text and "rollback" in text and "task " in text
+    assert os.path.exists(os.path.join(wd, "eval", "passk.png"))
+    timings = json.load(open(os.path.join(wd, "timings.json")))
+    assert {"base", "stage1_rollback", "eval"} <= set(timings)
+    # resumed: every stage is skipped, nothing is recomputed
+    again = run_pipeline(C.tiny(), wd, progress=False)
+    assert again["timings"] == timings and again["passk"] == report["passk"]
+    with pytest.raises(ValueError, match="another config"):
+        run_pipeline(C.from_dict({"eval": {"n": 2}}, base=C.tiny()), wd, progress=False)
+    assert np.isfinite(report["stage1"]["rollback"]["env_steps"])
