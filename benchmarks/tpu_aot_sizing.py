@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import time
 
@@ -96,13 +97,22 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="one small case (a smoke run)")
     ap.add_argument("--out", default="benchmarks/results/tpu_aot_sizing.json")
+    ap.add_argument("--cases", default=None, help="comma-separated indices into CASES")
+    ap.add_argument("--append", action="store_true", help="add to the cases already in --out")
     a = ap.parse_args()
     import importlib.metadata as md
     results = {"jax": jax.__version__, "libtpu": md.version("libtpu"), "cases": []}
-    for case in (QUICK if a.quick else CASES):
+    if a.append and os.path.exists(a.out):
+        results["cases"] = json.load(open(a.out))["cases"]
+    cases = QUICK if a.quick else CASES
+    if a.cases:
+        cases = [CASES[int(i)] for i in a.cases.split(",")]
+    for case in cases:
         rec = size_case(*case)
         results["cases"].append(rec)
         print(json.dumps(rec), flush=True)
+        with open(a.out, "w") as fh:          # after every case: a long run keeps what it has
+            json.dump(results, fh, indent=1)
     with open(a.out, "w") as fh:
         json.dump(results, fh, indent=1)
     print(f"\nlibtpu {results['libtpu']}, jax {results['jax']}\n")

@@ -3,8 +3,11 @@
 import os
 import pathlib
 
-import jax
-import pytest
+# The tests are CPU tests: never probe for accelerators (e.g. an installed libtpu).
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 # Eight fake CPU devices for the sharding tests; single-device code runs on device 0.
 # Must happen before any JAX computation initialises the backend.
