@@ -26,6 +26,18 @@ def test_pretrain_then_evaluate_commands(tmp_path, capsys, monkeypatch):
     assert main(["play", str(wd), "--demo-levels", "4", "--tokens", "--gif", str(tmp_path / "p.gif")]) == 0
     text = capsys.readouterr().out
     assert "step 1:" in text and "<bos>" in text and (tmp_path / "p.gif").exists()
+    # export: params only, and Hugging Face safetensors that load back to the same logits
+    import numpy as np
+    from leafe_jax.cli.evaluate import load_policy
+    from leafe_jax.policy.hf import load_hf
+    assert main(["export", str(wd), "--out", str(tmp_path / "params")]) == 0
+    assert main(["export", str(wd), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0
+    assert main(["export", str(wd), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+    model, _ = load_policy(str(wd))
+    back = load_hf(str(tmp_path / "hf"))
+    toks = np.arange(12)[None] % 60
+    np.testing.assert_allclose(np.asarray(back(toks)[0]), np.asarray(model(toks)[0]), atol=1e-5)
 
 
 def test_evaluate_errors(tmp_path, capsys):

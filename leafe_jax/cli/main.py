@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leafe_jax.cli import evaluate, pipeline, play, pretrain, sokoban
+from leafe_jax.cli import evaluate, export, pipeline, play, pretrain, sokoban
 
 
 GROUPS = {"pipeline": pipeline, "sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate,
-          "play": play}
+          "play": play, "export": export}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
         from leafe_jax.distributed import maybe_initialize
         maybe_initialize(args.coordinator, args.num_processes, args.process_id)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"leafe: error: {e}", file=sys.stderr)
         return 2
 
