@@ -67,8 +67,13 @@ class StepData:
 
 
 def train_loop(model, optimizer, data, cfg: LoopConfig, workdir, *, mesh=None,
-               eval_batches: Callable[[], list] | None = None, meta: dict | None = None) -> dict:
-    """Train to ``cfg.num_steps`` (resuming from ``workdir`` if it holds a checkpoint)."""
+               eval_batches: Callable[[], list] | None = None, meta: dict | None = None,
+               step_fn=train_step, place: bool = True) -> dict:
+    """Train to ``cfg.num_steps`` (resuming from ``workdir`` if it holds a checkpoint).
+
+    ``step_fn(model, optimizer, batch, accum=...) -> metrics`` (default: the SFT step; GRPO
+    passes its own) must return ``loss`` and ``grad_norm``. ``place=False`` hands batches
+    to it as they come (e.g. rollout batches already on device)."""
     workdir = epath.Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     data = data if hasattr(data, "get_state") else StepData(data)
@@ -100,7 +105,9 @@ def train_loop(model, optimizer, data, cfg: LoopConfig, workdir, *, mesh=None,
                                wandb_project=cfg.wandb_project, config=meta, on_record=show)
         with mesh_ctx:
             for step in bar:
-                m = train_step(model, optimizer, place_batch(next(data), mesh), accum=cfg.accum)
+                batch = next(data)
+                m = step_fn(model, optimizer, place_batch(batch, mesh) if place else batch,
+                            accum=cfg.accum)
                 done = step + 1
                 finite = jnp.isfinite(m["loss"]) & jnp.isfinite(m["grad_norm"])
                 first_bad = jnp.where((first_bad < 0) & ~finite, done, first_bad)

@@ -1,0 +1,1 @@
+"""Baselines compared with LEAFE: GRPO-RLVR and Early Experience."""
