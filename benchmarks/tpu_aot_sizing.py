@@ -20,14 +20,10 @@ import re
 import time
 
 import jax
-import jax.numpy as jnp
-from flax import nnx
 
 from leafe_jax.policy.config import get_config, with_dtype_policy
-from leafe_jax.policy.model import Transformer, abstract_model
-from leafe_jax.sharding import logical_sharding, make_mesh
-from leafe_jax.train.optim import OptimConfig, make_optimizer
-from leafe_jax.train.step import train_step
+from leafe_jax.sharding import make_mesh
+from leafe_jax.train.sizing import compile_train_step
 
 GiB = 1024 ** 3
 HBM_GIB = {"TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32, "TPU v4": 32}
@@ -52,20 +48,6 @@ def size_case(model, topology, mesh_shape, batch, seq, remat):
     topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
     mesh = make_mesh(mesh_shape, devices=topo.devices)
     cfg = with_dtype_policy(get_config(model), "bf16-mixed").replace(remat=remat)
-    gdef, st = abstract_model(cfg, mesh)
-    tx = make_optimizer(OptimConfig())
-    ogdef, ost = nnx.get_abstract_model(
-        lambda: nnx.Optimizer(Transformer(cfg, rngs=nnx.Rngs(0)), tx, wrt=nnx.Param), mesh)
-    bs = logical_sharding(mesh, ("batch",))
-    b = {"tokens": jax.ShapeDtypeStruct((batch, seq + 1), jnp.int32, sharding=bs),
-         "loss_mask": jax.ShapeDtypeStruct((batch, seq + 1), jnp.bool_, sharding=bs),
-         "weight": jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=bs)}
-
-    def step(m_state, o_state, batch):
-        m, o = nnx.merge(gdef, m_state), nnx.merge(ogdef, o_state)
-        metrics = train_step(m, o, batch)
-        return nnx.state(m), nnx.state(o), metrics
-
     kind = topo.devices[0].device_kind
     rec = {"model": model, "topology": topology, "chips": len(topo.devices), "device_kind": kind,
            "mesh": dict(zip(("data", "fsdp", "tp"), mesh_shape)), "global_batch": batch,
@@ -73,8 +55,7 @@ def size_case(model, topology, mesh_shape, batch, seq, remat):
            "hbm_gib": HBM_GIB.get(kind)}
     t0 = time.perf_counter()
     try:
-        with jax.set_mesh(mesh):
-            c = jax.jit(step, donate_argnums=(0, 1)).lower(st, ost, b).compile()
+        c = compile_train_step(cfg, mesh, batch, seq)
     except Exception as e:  # the TPU compiler refuses programs that cannot fit
         m = re.search(r"required for HLO temporaries \(([\d.]+)G\) exceeds available HBM \(([\d.]+)G\)",
                       str(e))

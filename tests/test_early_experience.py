@@ -6,16 +6,9 @@ from leafe_jax.agent import encoding as E
 from leafe_jax.baselines.early_experience import world_model_examples
 from leafe_jax.envs.sokoban import Sokoban
 from leafe_jax.envs.sokoban.level import stack_levels
-from sokoban_cases import level
+from sokoban_cases import CORNER_TEXT, level
 
-START, H, W = level("""
-|######
-|#    #
-|#  $ #
-|#  @ #
-|#   .#
-|######
-""")
+START, H, W = level(CORNER_TEXT)
 U, D, L, R = 0, 1, 2, 3
 # After each action from the start (interior 4x4, RAGEN symbols: _ floor, X box, P player,
 # O target; codes 1 floor, 2 target, 4 box, 5 player):

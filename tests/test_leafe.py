@@ -12,16 +12,9 @@ from leafe_jax.leafe.distill import DistillConfig, stage2_examples
 from leafe_jax.leafe.episode import episode_from_actions, strip_experience
 from leafe_jax.leafe.explore import ExploreConfig, explore, load_tree, save_tree, solved_within, tree_stats
 from leafe_jax.leafe.reflect import ModelReflector, OracleReflector, feedback_reflect
-from sokoban_cases import level
+from sokoban_cases import CORNER_TEXT, level
 
-CORNER, _, _ = level("""
-|######
-|#    #
-|#  $ #
-|#  @ #
-|#   .#
-|######
-""")
+CORNER, _, _ = level(CORNER_TEXT)
 ENV = Sokoban(6, 6, 1, max_steps=10)
 L, D, U, R = 2, 1, 0, 3       # action ids: up 0, down 1, left 2, right 3
 

@@ -69,3 +69,24 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     with pytest.raises(ValueError, match="another config"):
         run_pipeline(C.from_dict({"eval": {"n": 2}}, base=C.tiny()), wd, progress=False)
     assert np.isfinite(report["stage1"]["rollback"]["env_steps"])
+
+
+@pytest.mark.slow
+def test_tiny_comparison_with_baselines(tmp_path):
+    """The comparison: GRPO and Early Experience from the same base, at LEAFE's budget."""
+    from leafe_jax.leafe.pipeline import run_pipeline
+
+    cfg = C.from_dict({"baselines": {"methods": ["grpo", "early_experience"]},
+                       "stage1": {"strategies": ["rollback"]}}, base=C.tiny())
+    wd = str(tmp_path / "cmp")
+    run_pipeline(cfg, wd, progress=False)
+    passk = json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"]
+    assert {"base", "leafe", "grpo", "early-experience", "bc-control"} <= set(passk)
+    target = json.load(open(os.path.join(wd, "stage1", "rollback", "stats.json")))["env_steps"]
+    g = json.load(open(os.path.join(wd, "baselines", "grpo", "budget.json")))
+    e = json.load(open(os.path.join(wd, "baselines", "early_experience", "budget.json")))
+    assert g["target_env_steps"] == target == e["target_env_steps"]
+    assert g["env_steps"] > 0 and e["env_steps"] >= min(target, e["examples"]) > 0
+    # Early Experience gets the same number of update steps as the other fine-tunings
+    assert e["wm_steps"] + e["imitation_steps"] == cfg.stage2.steps
+    assert "Interaction budgets" in open(os.path.join(wd, "report.md")).read()

@@ -200,24 +200,9 @@ def test_remat_changes_memory_not_the_update():
 
 
 def _compiled_temp_mib(shape, cfg, B=16, T=256):
-    from leafe_jax.policy.model import Transformer, abstract_model
-    from leafe_jax.sharding import logical_sharding
-    from leafe_jax.train.optim import make_optimizer
+    from leafe_jax.train.sizing import compile_train_step
     mesh = make_mesh(shape, devices=jax.devices()[: int(np.prod(shape))])
-    gdef, st = abstract_model(cfg, mesh)
-    ogdef, ost = nnx.get_abstract_model(lambda: nnx.Optimizer(
-        Transformer(cfg, rngs=nnx.Rngs(0)), make_optimizer(OPT), wrt=nnx.Param), mesh)
-    bs = logical_sharding(mesh, ("batch",))
-    b = {"tokens": jax.ShapeDtypeStruct((B, T + 1), jnp.int32, sharding=bs),
-         "loss_mask": jax.ShapeDtypeStruct((B, T + 1), jnp.bool_, sharding=bs),
-         "weight": jax.ShapeDtypeStruct((B,), jnp.float32, sharding=bs)}
-
-    def step(m, o, b):
-        mm, oo = nnx.merge(gdef, m), nnx.merge(ogdef, o)
-        return nnx.state(mm), nnx.state(oo), train_step(mm, oo, b)
-
-    with jax.set_mesh(mesh):
-        c = jax.jit(step).lower(st, ost, b).compile()
+    c = compile_train_step(cfg, mesh, B, T, OPT)
     return c.memory_analysis().temp_size_in_bytes / 2 ** 20
 
 

@@ -41,7 +41,7 @@ def _overrides(items):
     cfg = load(None, items)
     default = load(None, [])
     out = {}
-    for sec in ("pipeline", "base", "stage1", "stage2", "eval"):
+    for sec in ("pipeline", "base", "stage1", "stage2", "baselines", "eval"):
         a, b = dataclasses.asdict(getattr(cfg, sec)), dataclasses.asdict(getattr(default, sec))
         diff = {k: v for k, v in a.items() if v != b[k]}
         if diff:

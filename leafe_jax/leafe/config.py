@@ -57,6 +57,27 @@ class Stage2Section:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class BaselinesSection:
+    """GRPO-RLVR and Early Experience from the same base policy, at the env-step budget that
+    LEAFE's Stage 1 spent (``match_budget``)."""
+    methods: tuple = ()                 # "grpo", "early_experience"
+    match_budget: bool = True
+    grpo_steps: int = 20                # rollout batches when match_budget is false
+    grpo_tasks_per_step: int = 16
+    grpo_group_size: int = 8
+    grpo_beta: float = 0.04
+    grpo_eps: float = 0.2
+    grpo_epochs: int = 1
+    grpo_minibatches: int = 2
+    grpo_lr: float = 1e-4
+    grpo_shaped: float = 0.0
+    ee_alternatives: int = 3            # alternative actions per demo state
+    ee_wm_fraction: float = 0.5         # share of the Stage-2 update steps on world modelling
+    ee_demo_levels: int = 200           # when match_budget is false
+    ee_lr: float = 3e-4
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class EvalSection:
     levels: int = 50
     n: int = 128
@@ -69,6 +90,7 @@ class PipelineConfig:
     base: BaseSection = BaseSection()
     stage1: Stage1Section = Stage1Section()
     stage2: Stage2Section = Stage2Section()
+    baselines: BaselinesSection = BaselinesSection()
     eval: EvalSection = EvalSection()
 
     def __post_init__(self):
@@ -79,6 +101,9 @@ class PipelineConfig:
                 raise ValueError(f"{name} must be >= 1, got {v}")
         if self.stage1.strategies[0] != "rollback" and "leafe" in self.stage2.variants:
             raise ValueError("stage1.strategies must start with 'rollback' (it feeds Stage 2)")
+        bad = set(self.baselines.methods) - {"grpo", "early_experience"}
+        if bad:
+            raise ValueError(f"unknown baselines {sorted(bad)}; known: grpo, early_experience")
         unknown = set(self.stage2.variants) - {"leafe", "rehearsal", "e2p", "bc"}
         if unknown:
             raise ValueError(f"unknown stage2 variants {sorted(unknown)}; known: leafe, rehearsal, e2p, bc")
@@ -89,7 +114,7 @@ class PipelineConfig:
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(PipelineConfig)}
 _TYPES = {"pipeline": PipelineSection, "base": BaseSection, "stage1": Stage1Section,
-          "stage2": Stage2Section, "eval": EvalSection}
+          "stage2": Stage2Section, "baselines": BaselinesSection, "eval": EvalSection}
 
 
 def from_dict(d: dict, base: PipelineConfig | None = None) -> PipelineConfig:
@@ -152,4 +177,6 @@ def tiny() -> PipelineConfig:
                       "base": {"demo_levels": 8, "steps": 2, "batch_size": 4},
                       "stage1": {"train_levels": 4, "budget": 4, "max_depth": 2},
                       "stage2": {"steps": 1, "batch_size": 4},
+                      "baselines": {"grpo_tasks_per_step": 2, "grpo_group_size": 2,
+                                    "ee_alternatives": 1},
                       "eval": {"levels": 3, "n": 4}})

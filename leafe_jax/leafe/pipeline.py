@@ -122,6 +122,18 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
             _mark(sft_dir)
         variants[v] = sft_dir
 
+    # 4b. baselines from the same base policy, at LEAFE's Stage-1 env-step budget
+    budget = _budget(trees.get("rollback"), cfg)
+    for method in cfg.baselines.methods:
+        out = os.path.join(workdir, "baselines", method)
+        if not _done(out):
+            _log(f"baseline: {method} (env-step budget {budget['env_steps']})")
+            fn = _grpo if method == "grpo" else _early_experience
+            timer.run(method, lambda: fn(base_dir, train, demo, env, params, preset, cfg, out,
+                                         budget, progress))
+            _mark(out)
+        variants[method.replace("_", "-")] = out
+
     # 5. Pass@k on held-out levels
     eval_dir = os.path.join(workdir, "eval")
     if not _done(eval_dir):
@@ -205,6 +217,99 @@ def _finetune(base_dir, data_dir, sft_dir, cfg, progress):
                               "base": base_dir, "data": data_dir})
 
 
+def _budget(rollback_dir, cfg) -> dict:
+    """Env steps (and policy tokens) LEAFE's Stage 1 spent; the baselines get the same.
+    Also the base policy's mean episode length (its roots), to size GRPO's batches."""
+    if rollback_dir is None:
+        return {"env_steps": 0, "tokens": 0, "root_len": 1.0}
+    st = json.load(open(os.path.join(rollback_dir, "stats.json")))
+    from leafe_jax.leafe.explore import load_tree
+    tree = load_tree(os.path.join(rollback_dir, "tree.npz"))
+    return {"env_steps": int(st["env_steps"]), "tokens": int(st["tokens"]),
+            "root_len": float(tree.env_steps[:, 0].mean())}
+
+
+def _grpo(base_dir, train, demo, env, params, preset, cfg, out, budget, progress):
+    from leafe_jax.baselines.grpo import GRPOConfig, train_grpo
+    from leafe_jax.cli.evaluate import load_policy
+    from leafe_jax.train.optim import OptimConfig, create_optimizer
+
+    b = cfg.baselines
+    gc = GRPOConfig(tasks_per_step=b.grpo_tasks_per_step, group_size=b.grpo_group_size,
+                    beta=b.grpo_beta, eps=b.grpo_eps, epochs=b.grpo_epochs,
+                    minibatches=b.grpo_minibatches, shaped=b.grpo_shaped)
+    per_batch = b.grpo_tasks_per_step * b.grpo_group_size * budget["root_len"]
+    steps = max(1, round(budget["env_steps"] / per_batch)) if b.match_budget else b.grpo_steps
+    model, meta = load_policy(base_dir)
+    ref, _ = load_policy(base_dir)
+    opt = create_optimizer(model, OptimConfig(learning_rate=b.grpo_lr, warmup_steps=steps // 10,
+                                              total_steps=steps))
+    final = train_grpo(model, ref, env, params, train.level, gc, opt, steps, out,
+                       key=jax.random.key(cfg.pipeline.seed + 3000), progress=progress,
+                       meta={"model": meta["model"], "preset": meta.get("preset"), "base": base_dir},
+                       ckpt_every=max(1, steps // 2))
+    spent = _metric_sum(out, "env_steps")
+    with open(os.path.join(out, "budget.json"), "w") as fh:
+        json.dump({"env_steps": spent, "tokens": _metric_sum(out, "tokens_sampled"),
+                   "rollout_batches": steps, "optimizer_steps": steps * gc.epochs * gc.minibatches,
+                   "target_env_steps": budget["env_steps"], "final": final}, fh, indent=1)
+
+
+def _metric_sum(workdir, key):
+    """Sum of a per-step metric over the JSONL log (last record per step wins)."""
+    by_step = {}
+    for line in open(os.path.join(workdir, "metrics.jsonl")):
+        r = json.loads(line)
+        if key in r:
+            by_step[r["step"]] = r[key]
+    return int(sum(by_step.values()))
+
+
+def _early_experience(base_dir, train, demo, env, params, preset, cfg, out, budget, progress):
+    from leafe_jax.baselines.early_experience import world_model_examples
+    from leafe_jax.data.loader import sft_batches
+    from leafe_jax.data.store import sft_source, write_sft
+    from leafe_jax.cli.evaluate import load_policy
+    from leafe_jax.train.loop import LoopConfig, train_loop
+    from leafe_jax.train.optim import OptimConfig, create_optimizer
+
+    b, s = cfg.baselines, cfg.stage2
+    lengths = np.asarray(demo.solution_len)
+    if b.match_budget:      # demo levels whose states x alternatives match the budget
+        need = np.cumsum(lengths * b.ee_alternatives)
+        m = int(min(len(lengths), np.searchsorted(need, budget["env_steps"]) + 1))
+    else:
+        m = min(len(lengths), b.ee_demo_levels)
+    sub = jax.tree.map(lambda x: x[:m], demo)
+    rec, env_steps = world_model_examples(env, params, sub.level, np.asarray(sub.solution),
+                                          lengths[:m], num_alternatives=b.ee_alternatives,
+                                          rng=np.random.default_rng(cfg.pipeline.seed))
+    data_dir = os.path.join(out, "data")
+    write_sft(rec, data_dir, overwrite=True)
+    wm_steps = int(round(b.ee_wm_fraction * s.steps))
+    model, meta = load_policy(base_dir)
+    max_wm = int(-(-max(len(t) for t in rec.tokens) // 16) * 16)
+    phases = [("wm", data_dir, wm_steps, max_wm),
+              ("imitation", os.path.join(base_dir, "data"), s.steps - wm_steps,
+               int(-(-json.load(open(os.path.join(base_dir, "data", "stats.json")))["max_len"] // 16) * 16))]
+    for name, d, steps, max_len in phases:
+        if steps < 1:
+            continue
+        opt = create_optimizer(model, OptimConfig(learning_rate=b.ee_lr, warmup_steps=steps // 10,
+                                                  total_steps=steps))
+        train_loop(model, opt, sft_batches(sft_source(d), batch_size=s.batch_size, max_len=max_len,
+                                           seed=cfg.pipeline.seed),
+                   LoopConfig(num_steps=steps, log_every=max(1, min(25, steps)),
+                              ckpt_every=max(1, steps), progress=progress),
+                   os.path.join(out, name), meta={"model": meta["model"], "preset": meta.get("preset")})
+    # the evaluated policy is the last phase's checkpoint
+    final_dir = os.path.join(out, "imitation" if s.steps - wm_steps >= 1 else "wm")
+    with open(os.path.join(out, "budget.json"), "w") as fh:
+        json.dump({"env_steps": env_steps, "tokens": 0, "demo_levels": m, "examples": len(rec),
+                   "wm_steps": wm_steps, "imitation_steps": s.steps - wm_steps,
+                   "target_env_steps": budget["env_steps"], "policy_dir": final_dir}, fh, indent=1)
+
+
 def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, progress):
     from leafe_jax.agent.pools import held_out_pool, level_pool
     from leafe_jax.eval.sweep import sample_success, write_sweep
@@ -217,6 +322,9 @@ def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, progress):
     results = {}
     for name, d in [("base", base_dir)] + [(v if v != "bc" else "bc-control", w) for v, w in variants.items()]:
         _log(f"eval: {name}")
+        bj = os.path.join(d, "budget.json")
+        if os.path.exists(bj) and "policy_dir" in json.load(open(bj)):
+            d = json.load(open(bj))["policy_dir"]
         model = _load(d)
         results[name] = sample_success(model, env, params, held.level, cfg.eval.n,
                                        jax.random.key(p.seed + 2000), temperature=cfg.eval.temperature,
@@ -243,6 +351,20 @@ def _report(workdir, cfg, trees, timings) -> dict:
         lines.append(f"| {k} | {sw} | {st['env_steps']} | {st['tokens']} | "
                      f"{st['branches_per_task']:.2f} | {st['max_depth_reached']} | "
                      f"{st['successful_branches']} ({100 * st['branch_success_rate']:.1f} %) |")
+    if cfg.baselines.methods:
+        lines += ["", "## Interaction budgets (env steps spent collecting training data)", "",
+                  "| method | env steps | policy tokens | notes |", "|---|---|---|---|"]
+        if "rollback" in s1:
+            lines.append(f"| leafe / rehearsal | {s1['rollback']['env_steps']} | {s1['rollback']['tokens']} "
+                         f"| Stage-1 rollback trees, K = {cfg.stage1.budget} |")
+        lines.append("| bc-control | 0 | 0 | demonstrations only |")
+        for m in cfg.baselines.methods:
+            bj = json.load(open(os.path.join(workdir, "baselines", m, "budget.json")))
+            note = (f"{bj['rollout_batches']} rollout batches x {cfg.baselines.grpo_tasks_per_step} tasks x "
+                    f"G = {cfg.baselines.grpo_group_size}" if m == "grpo" else
+                    f"{bj['demo_levels']} demo levels x {cfg.baselines.ee_alternatives} alternatives")
+            lines.append(f"| {m} | {bj['env_steps']} | {bj['tokens']} | {note} (target "
+                         f"{bj['target_env_steps']}) |")
     lines += ["", "## Stage-2 data", ""]
     for v in cfg.stage2.variants:
         f = os.path.join(workdir, "data", v, "stats.json")
