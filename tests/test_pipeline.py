@@ -30,6 +30,10 @@ def test_config_errors_are_named(tmp_path):
                  ["pipeline.seed=2", "stage1.budget=4"])
     assert cfg.pipeline.seed == 2 and cfg.stage1.budget == 4 and cfg == C.from_dict(
         {"pipeline": {"seed": 2}, "stage1": {"budget": 4}})      # the file is the default
+    cmp = C.load(os.path.join(os.path.dirname(__file__), "..", "experiments", "compare_small.toml"))
+    assert cmp.baselines.methods == ("grpo", "early_experience") and cmp.stage1.strategies == ("rollback",)
+    with pytest.raises(ValueError, match="unknown baselines"):
+        C.from_dict({"baselines": {"methods": ["ppo"]}})
 
 
 @pytest.mark.slow
