@@ -191,7 +191,9 @@ def test_train_loop_resumes_the_grain_iterator_and_logs_tensorboard(sft_dir, tmp
             self.it.set_state(s)
 
     m, o = fresh()
-    train_loop(m, o, Killed(), lc, tmp_path / "run")
+    from leafe_jax.train.loop import Preempted
+    with pytest.raises(Preempted):
+        train_loop(m, o, Killed(), lc, tmp_path / "run")
     meta = Checkpointer(tmp_path / "run" / "checkpoints").restore(fresh()[0])
     assert meta["step"] == 3 and meta["data_state"] == {"next_index": 3}
     m2, o2 = fresh()

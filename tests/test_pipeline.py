@@ -94,3 +94,16 @@ def test_tiny_comparison_with_baselines(tmp_path):
     # Early Experience gets the same number of update steps as the other fine-tunings
     assert e["wm_steps"] + e["imitation_steps"] == cfg.stage2.steps
     assert "Interaction budgets" in open(os.path.join(wd, "report.md")).read()
+
+
+def test_a_preempted_stage_is_not_marked_done(tmp_path, monkeypatch):
+    from leafe_jax.agent import pretrain
+    from leafe_jax.leafe.pipeline import run_pipeline
+    from leafe_jax.train.loop import Preempted
+
+    def preempted(*a, **k):
+        raise Preempted("SIGTERM: stopped after step 1")
+    monkeypatch.setattr(pretrain, "pretrain_base_policy", preempted)
+    with pytest.raises(Preempted):
+        run_pipeline(C.tiny(), str(tmp_path), progress=False)
+    assert not (tmp_path / "base" / "DONE").exists()

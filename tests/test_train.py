@@ -13,7 +13,7 @@ from leafe_jax.policy.config import get_config
 from leafe_jax.policy.model import create_model
 from leafe_jax.sharding import make_mesh, shard_batch
 from leafe_jax.train.checkpoint import Checkpointer, CheckpointNotFoundError
-from leafe_jax.train.loop import LoopConfig, train_loop
+from leafe_jax.train.loop import LoopConfig, Preempted, train_loop
 from leafe_jax.train.losses import masked_token_loss
 from leafe_jax.train.optim import OptimConfig, create_optimizer
 from leafe_jax.train.step import train_step
@@ -90,7 +90,8 @@ def test_kill_and_resume_reaches_the_same_params(tmp_path):
             os.kill(os.getpid(), signal.SIGTERM)
         return batch(step)
 
-    train_loop(m, o, batches, cfg, str(tmp_path / "run"))
+    with pytest.raises(Preempted, match="stopped after step 3"):
+        train_loop(m, o, batches, cfg, str(tmp_path / "run"))
     assert Checkpointer(str(tmp_path / "run" / "checkpoints")).latest_step() == 3
     m2, o2 = fresh()                       # a new process would start from scratch ...
     train_loop(m2, o2, batch, cfg, str(tmp_path / "run"))     # ... and resume from step 3

@@ -30,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
         from leafe_jax.distributed import maybe_initialize
         maybe_initialize(args.coordinator, args.num_processes, args.process_id)
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+    except Exception as e:
+        from leafe_jax.train.loop import Preempted
+        if isinstance(e, Preempted):
+            print(f"leafe: {e}", file=sys.stderr)
+            return 143
+        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError, KeyError)):
+            raise
         print(f"leafe: error: {e}", file=sys.stderr)
         return 2
 

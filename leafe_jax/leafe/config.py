@@ -27,7 +27,7 @@ class PipelineSection:
 class BaseSection:
     demo_levels: int = 2000
     exp_per_episode: int = 2
-    steps: int = 200
+    steps: int = 150
     batch_size: int = 16
     lr: float = 1e-3
 
@@ -48,7 +48,7 @@ class Stage1Section:
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Stage2Section:
     variants: tuple = ("leafe", "rehearsal", "bc")
-    steps: int = 100
+    steps: int = 50
     batch_size: int = 16
     lr: float = 3e-4
     beta: float = 1.0

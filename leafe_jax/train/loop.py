@@ -7,7 +7,8 @@ killed after step k and resumed sees exactly the batches an uninterrupted run wo
 
 Batches are host (numpy) or device arrays holding this process's share of the global batch;
 under a ``mesh`` they are assembled into global arrays sharded over the batch axes.
-SIGTERM (a preemption on TPU) saves a checkpoint at the current step and stops cleanly.
+SIGTERM (a preemption on TPU) saves a checkpoint at the current step and raises
+``Preempted`` (so no caller mistakes the run for finished); rerunning resumes.
 Finiteness of loss and gradient norm is tracked on device every step; a non-finite value
 stops with a clear error before the next checkpoint, so the last good one stays the latest.
 Metrics go to JSON lines and TensorBoard (and W&B if asked) from a background thread.
@@ -46,6 +47,11 @@ class LoopConfig:
     def __post_init__(self):
         if self.num_steps < 1 or self.accum < 1 or self.log_every < 1 or self.ckpt_every < 1:
             raise ValueError(f"invalid loop config {self}")
+
+
+class Preempted(Exception):
+    """Raised after a SIGTERM-triggered save: the run is incomplete, callers must not treat
+    it as finished (the pipeline does not mark the stage done; the CLI exits with 143)."""
 
 
 class StepData:
@@ -124,6 +130,9 @@ def train_loop(model, optimizer, data, cfg: LoopConfig, workdir, *, mesh=None,
         _check_finite(first_bad, ckpt)
         ckpt.wait()
         writer.flush()
+        if stop["flag"]:
+            raise Preempted(f"SIGTERM: stopped after step {done} with a checkpoint in "
+                            f"{ckpt.directory}; rerun the same command to resume")
         return {k: float(v) for k, v in jax.device_get(last).items()}
     finally:
         if writer is not None:
