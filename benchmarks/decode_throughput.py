@@ -33,13 +33,19 @@ from leafe_jax.policy.sampling import Greedy
 
 
 def median_time(fn, repeats):
+    """Median wall time of ``repeats`` calls after one warm-up call (that compiles)."""
+    return timings(fn, repeats)[0]
+
+
+def timings(fn, repeats):
+    """``(median, all times)`` of ``repeats`` calls after one warm-up call."""
     fn()
     ts = []
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t0)
-    return float(np.median(ts))
+    return float(np.median(ts)), [float(t) for t in ts]
 
 
 def machine_limits(repeats=5):

@@ -14,28 +14,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-
-def median_time(fn, repeats):
-    fn()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return float(np.median(ts)), [float(t) for t in ts]
+from decode_throughput import median_time, timings
 
 
 def measured_peak(dtype, repeats, n=None):
     n = n or (2048 if jax.default_backend() == "cpu" else 8192)
     a = jnp.ones((n, n), dtype)
     dot = jax.jit(lambda x, y: x @ y)
-    t, _ = median_time(lambda: dot(a, a).block_until_ready(), repeats)
+    t = median_time(lambda: dot(a, a).block_until_ready(), repeats)
     return 2 * n ** 3 / t
 
 
@@ -63,7 +54,7 @@ def run(model="sokoban-100m", batch=8, seq=512, accum=1, repeats=5, remat=False,
                      "loss_mask": rng.random((batch, seq + 1)) < 0.5,
                      "weight": np.ones(batch, np.float32)}, mesh)
     with jax.set_mesh(mesh):
-        step_t, all_t = median_time(
+        step_t, all_t = timings(
             lambda: jax.block_until_ready(train_step(m, opt, b, accum=accum)["loss"]), repeats)
     peak = measured_peak(jnp.dtype(cfg.dtype), repeats)
     flops = model_flops_per_step(cfg, batch, seq)
