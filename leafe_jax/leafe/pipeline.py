@@ -198,13 +198,14 @@ def _dataset(tree_dir, variant, cfg, data_dir):
 
 
 def _finetune(base_dir, data_dir, sft_dir, cfg, progress):
+    from leafe_jax.cli.evaluate import load_policy
     from leafe_jax.data.loader import sft_batches
     from leafe_jax.data.store import sft_source
     from leafe_jax.train.loop import LoopConfig, train_loop
     from leafe_jax.train.optim import OptimConfig, create_optimizer
 
     s = cfg.stage2
-    model, meta = __import__("leafe_jax.cli.evaluate", fromlist=["load_policy"]).load_policy(base_dir)
+    model, meta = load_policy(base_dir)
     stats = json.load(open(os.path.join(data_dir, "stats.json")))
     max_len = int(-(-stats["max_len"] // 16) * 16)
     data = sft_batches(sft_source(data_dir), batch_size=s.batch_size, max_len=max_len,
@@ -311,14 +312,13 @@ def _early_experience(base_dir, train, demo, env, params, preset, cfg, out, budg
 
 
 def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, progress):
-    from leafe_jax.agent.pools import held_out_pool, level_pool
+    from leafe_jax.agent.pools import level_pool
     from leafe_jax.eval.sweep import sample_success, write_sweep
 
     p = cfg.pipeline
     demo = level_pool("demo", cfg.base.demo_levels, preset.generator, p.seed)
     train = level_pool("train", cfg.stage1.train_levels, preset.generator, p.seed, exclude=(demo,))
     held = level_pool("eval", cfg.eval.levels, preset.generator, p.seed, exclude=(demo, train))
-    del held_out_pool
     results = {}
     for name, d in [("base", base_dir)] + [(v if v != "bc" else "bc-control", w) for v, w in variants.items()]:
         _log(f"eval: {name}")
