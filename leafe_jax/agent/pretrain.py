@@ -12,7 +12,7 @@ from etils import epath
 from leafe_jax.agent import encoding as E
 from leafe_jax.agent.demos import bc_examples, build_demos
 from leafe_jax.agent.pools import level_pool
-from leafe_jax.data.loader import sft_batches
+from leafe_jax.data.loader import round_up, sft_batches
 from leafe_jax.data.store import SftRecords, sft_source, write_sft
 from leafe_jax.envs.sokoban.presets import Preset
 from leafe_jax.policy.config import ModelConfig
@@ -88,7 +88,7 @@ def pretrain_base_policy(preset: Preset, model_cfg: ModelConfig, cfg: PretrainCo
         raise ValueError(f"model vocabulary {model_cfg.vocab_size} < interaction vocabulary "
                          f"{E.VOCAB_SIZE}")
     stats = bc_dataset(preset, cfg, epath.Path(workdir) / "data")
-    max_len = int(-(-stats["max_len"] // 16) * 16)
+    max_len = round_up(stats["max_len"])
     if stats["max_len"] > model_cfg.max_seq_len:
         raise ValueError(f"demonstrations need {stats['max_len']} tokens; the model allows "
                          f"{model_cfg.max_seq_len}")

@@ -20,6 +20,11 @@ import numpy as np
 from leafe_jax.data.store import DatasetError
 
 
+def round_up(n: int, multiple: int = 16) -> int:
+    """``n`` rounded up to a multiple (padded lengths: fewer distinct shapes to compile)."""
+    return int(-(-int(n) // multiple) * multiple)
+
+
 def default_buckets(max_len: int, smallest: int = 64) -> tuple[int, ...]:
     out, b = [], smallest
     while b < max_len:

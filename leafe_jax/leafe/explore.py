@@ -100,6 +100,11 @@ def tree_stats(tree: Tree) -> dict:
             if kids.any() else 0.0}
 
 
+def _rank_within(task: np.ndarray) -> np.ndarray:
+    """Position of each entry among the entries of its task (``task`` sorted)."""
+    return np.arange(len(task)) - np.searchsorted(task, task)
+
+
 def _bucket(n: int) -> int:
     return max(8, 1 << math.ceil(math.log2(max(n, 1))))
 
@@ -149,7 +154,7 @@ def explore(model, env, params, levels, key, cfg: ExploreConfig, *, reflector=No
         R = len(task)
         rows = _bucket(R)
         idx = np.concatenate([task, np.full(rows - R, task[0])])
-        order = used[task] + np.arange(R) - np.searchsorted(task, task)    # the slot it will take
+        order = used[task] + _rank_within(task)           # the slot each rollout will take
         keys = jax.vmap(jax.random.fold_in)(task_keys[idx], jnp.asarray(
             np.concatenate([order, np.zeros(rows - R, np.int32)])))
         if parent_eps is None:                      # from the start
@@ -165,7 +170,6 @@ def explore(model, env, params, levels, key, cfg: ExploreConfig, *, reflector=No
             traj = rollout(model, env, params, states, keys, num_steps=T, prefix=prefix,
                            prefix_len=plen, temperature=cfg.temperature, cache_size=S)
             eps = from_trajectory(traj, S)
-            spent_tokens = np.asarray(traj.token_len)
         else:
             pe = jax.tree.map(lambda x: _pad_rows(x, rows), parent_eps)
             tau_p = jnp.asarray(np.concatenate([tau, np.zeros(rows - R, np.int32)]))
@@ -181,14 +185,12 @@ def explore(model, env, params, levels, key, cfg: ExploreConfig, *, reflector=No
                            forbidden=forb_p if cfg.use_mask else None,
                            temperature=cfg.temperature, cache_size=S)
             eps = stitch(pe, traj, tau_p)
-            spent_tokens = np.asarray(traj.token_len)
         eps = jax.tree.map(lambda x: x[:R], eps)
-        return eps, np.asarray(traj.num_steps)[:R], spent_tokens[:R]
+        return eps, np.asarray(traj.num_steps)[:R], np.asarray(traj.token_len)[:R]
 
     def record(task, eps, steps, toks, tree_eps, **fields):
         """Store rollouts of ``task`` (sorted; a task may repeat) in its next free slots."""
-        rank = np.arange(len(task)) - np.searchsorted(task, task)
-        slot = used[task] + rank
+        slot = used[task] + _rank_within(task)
         flat = task * K + slot
         tree_eps = _scatter(tree_eps, jnp.asarray(flat), eps)
         valid[task, slot] = True
@@ -243,9 +245,7 @@ def explore(model, env, params, levels, key, cfg: ExploreConfig, *, reflector=No
             srt = np.argsort(c_task, kind="stable")
             c_task, c_par, c_tau, c_exp, c_forb, c_reason = (
                 x[srt] for x in (c_task, c_par, c_tau, c_exp, c_forb, c_reason))
-            first = np.searchsorted(c_task, c_task)                 # rank within the task
-            rank = np.arange(len(c_task)) - first
-            keep = rank < (K - used[c_task])
+            keep = _rank_within(c_task) < (K - used[c_task])
             if not keep.any():
                 break
             c_task, c_par, c_tau, c_exp, c_forb, c_reason = (

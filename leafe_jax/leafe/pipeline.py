@@ -199,7 +199,7 @@ def _dataset(tree_dir, variant, cfg, data_dir):
 
 def _finetune(base_dir, data_dir, sft_dir, cfg, progress):
     from leafe_jax.cli.evaluate import load_policy
-    from leafe_jax.data.loader import sft_batches
+    from leafe_jax.data.loader import round_up, sft_batches
     from leafe_jax.data.store import sft_source
     from leafe_jax.train.loop import LoopConfig, train_loop
     from leafe_jax.train.optim import OptimConfig, create_optimizer
@@ -207,7 +207,7 @@ def _finetune(base_dir, data_dir, sft_dir, cfg, progress):
     s = cfg.stage2
     model, meta = load_policy(base_dir)
     stats = json.load(open(os.path.join(data_dir, "stats.json")))
-    max_len = int(-(-stats["max_len"] // 16) * 16)
+    max_len = round_up(stats["max_len"])
     data = sft_batches(sft_source(data_dir), batch_size=s.batch_size, max_len=max_len,
                        seed=cfg.pipeline.seed)
     opt = create_optimizer(model, OptimConfig(learning_rate=s.lr, warmup_steps=s.steps // 10,
@@ -268,7 +268,7 @@ def _metric_sum(workdir, key):
 
 def _early_experience(base_dir, train, demo, env, params, preset, cfg, out, budget, progress):
     from leafe_jax.baselines.early_experience import world_model_examples
-    from leafe_jax.data.loader import sft_batches
+    from leafe_jax.data.loader import round_up, sft_batches
     from leafe_jax.data.store import sft_source, write_sft
     from leafe_jax.cli.evaluate import load_policy
     from leafe_jax.train.loop import LoopConfig, train_loop
@@ -289,10 +289,10 @@ def _early_experience(base_dir, train, demo, env, params, preset, cfg, out, budg
     write_sft(rec, data_dir, overwrite=True)
     wm_steps = int(round(b.ee_wm_fraction * s.steps))
     model, meta = load_policy(base_dir)
-    max_wm = int(-(-max(len(t) for t in rec.tokens) // 16) * 16)
+    max_wm = round_up(max(len(t) for t in rec.tokens))
     phases = [("wm", data_dir, wm_steps, max_wm),
               ("imitation", os.path.join(base_dir, "data"), s.steps - wm_steps,
-               int(-(-json.load(open(os.path.join(base_dir, "data", "stats.json")))["max_len"] // 16) * 16))]
+               round_up(json.load(open(os.path.join(base_dir, "data", "stats.json")))["max_len"]))]
     for name, d, steps, max_len in phases:
         if steps < 1:
             continue
