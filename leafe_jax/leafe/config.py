@@ -47,7 +47,7 @@ class Stage1Section:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Stage2Section:
-    variants: tuple = ("leafe", "rehearsal", "bc")
+    variants: tuple = ("leafe", "rehearsal")     # + "bc": the control (compare config)
     steps: int = 50
     batch_size: int = 16
     lr: float = 3e-4
