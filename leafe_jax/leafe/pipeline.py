@@ -2,7 +2,9 @@
 
 Everything goes into one work directory; a stage whose output exists is skipped, so a
 killed run resumes where it stopped (the training stages also resume mid-way from their
-checkpoints). ``timings.json`` records how long each stage took.
+checkpoints). Each stage's ``DONE`` records its inputs: a config that adds variants,
+baselines or strategies to a finished run computes only what is new, and a changed setting
+is refused by the first stage it touches. ``timings.json`` records how long each stage took.
 
     workdir/
       config.json  timings.json  report.md  passk.png
@@ -10,7 +12,8 @@ checkpoints). ``timings.json`` records how long each stage took.
       stage1/<strategy>/    tree.npz, stats.json, trees.txt (examples rendered)
       data/<variant>/       TFDS sft_examples (+ stats.json)
       sft/<variant>/        Stage-2 checkpoints (leafe | rehearsal | e2p | bc control)
-      eval/                 passk.json / .md / .png over base and every variant
+      baselines/<method>/   GRPO / Early Experience checkpoints + budget.json
+      eval/<model>/         success.npy (levels x samples); eval/passk.json / .md / .png over all
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import warnings
 import jax
 import numpy as np
 
-from leafe_jax.leafe.config import PipelineConfig
+from leafe_jax.leafe.config import PipelineConfig, from_dict
 from leafe_jax.leafe.explore import load_tree, save_tree
 
 
@@ -41,14 +44,83 @@ class Timer:
         return out
 
 
-def _done(path) -> bool:
-    return os.path.exists(os.path.join(path, "DONE"))
+def _inputs(cfg: PipelineConfig, stage: str) -> dict:
+    """What a stage's output depends on (its config and its upstream stages' inputs).
+
+    Recorded in the stage's DONE file: a resumed or extended run reuses a stage only when
+    these are equal, so adding a variant, a baseline or a strategy to a finished run
+    computes just what is new, and a changed setting never silently mixes results."""
+    d = cfg.to_dict()
+    p, s1, s2, bl = d["pipeline"], d["stage1"], d["stage2"], d["baselines"]
+    base = {"preset": p["preset"], "model": p["model"], "seed": p["seed"], "base": d["base"]}
+    tree = lambda strategy: {"base": base, "strategy": strategy,
+                             "stage1": {k: v for k, v in s1.items() if k != "strategies"}}
+    sft = {k: s2[k] for k in ("steps", "batch_size", "lr")}
+    kind, _, name = stage.partition("/")
+    if kind == "base":
+        return base
+    if kind == "stage1":
+        return tree(name)
+    if kind == "data":
+        return {"tree": tree("rollback"), "variant": name,
+                "stage2": {k: s2[k] for k in ("beta", "e2p_suffix", "dedupe")}}
+    if kind == "sft":
+        return {"data": _inputs(cfg, f"data/{name}") if name != "bc" else base, "stage2": sft}
+    if kind == "baselines":
+        prefix = "grpo_" if name == "grpo" else "ee_"
+        own = {k: v for k, v in bl.items() if k.startswith(prefix) or k == "match_budget"}
+        if name == "early_experience":
+            own["stage2_steps"] = s2["steps"]
+        return {"base": base, "budget": tree("rollback") if bl["match_budget"] else None, name: own}
+    if kind == "eval":
+        model = {"base": base, "bc-control": _inputs(cfg, "sft/bc")}.get(name)
+        if model is None:
+            model = (_inputs(cfg, f"sft/{name}") if name in s2["variants"]
+                     else _inputs(cfg, f"baselines/{name.replace('-', '_')}"))
+        return {"model": model, "eval": d["eval"], "train_levels": s1["train_levels"]}
+    raise KeyError(stage)
 
 
-def _mark(path, info=None):
-    os.makedirs(path, exist_ok=True)
-    with open(os.path.join(path, "DONE"), "w") as fh:
-        json.dump(info or {}, fh)
+def _diff(a, b, prefix=""):
+    """Dotted keys where two nested dicts differ."""
+    if not (isinstance(a, dict) and isinstance(b, dict)):
+        return [prefix or "(value)"] if a != b else []
+    return [k for key in sorted(set(a) | set(b))
+            for k in _diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)]
+
+
+class _Stages:
+    """DONE markers that say what each stage was made from."""
+
+    def __init__(self, workdir, cfg, legacy):
+        self.workdir, self.cfg, self.legacy = workdir, cfg, legacy
+
+    def done(self, stage) -> bool:
+        f = os.path.join(self.workdir, stage, "DONE")
+        if not os.path.exists(f):
+            return False
+        want = json.loads(json.dumps(_inputs(self.cfg, stage)))
+        info = json.load(open(f))
+        if "inputs" not in info:                  # written before DONE files held their inputs
+            if self.legacy is None:
+                raise ValueError(f"{f} does not say what it was made from and {self.workdir} has "
+                                 "no config.json: use a new work directory")
+            info["inputs"] = json.loads(json.dumps(_inputs(self.legacy, stage)))
+            if info["inputs"] == want:
+                with open(f, "w") as fh:
+                    json.dump(info, fh)
+        if info["inputs"] != want:
+            raise ValueError(
+                f"{self.workdir}: stage {stage!r} was made with other settings "
+                f"({', '.join(_diff(info['inputs'], want))} differ); use a new work directory, or "
+                f"delete {os.path.join(self.workdir, stage)} and the stages built on it")
+        return True
+
+    def mark(self, stage, **extra):
+        path = os.path.join(self.workdir, stage)
+        os.makedirs(path, exist_ok=True)
+        with open(os.path.join(path, "DONE"), "w") as fh:
+            json.dump({"inputs": _inputs(self.cfg, stage), **extra}, fh, indent=1)
 
 
 def _log(msg):
@@ -63,14 +135,9 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
 
     os.makedirs(workdir, exist_ok=True)
     cfg_file = os.path.join(workdir, "config.json")
-    if os.path.exists(cfg_file):
-        old = json.load(open(cfg_file))
-        if old != json.loads(json.dumps(cfg.to_dict())):
-            raise ValueError(f"{workdir} holds a run with another config ({cfg_file}); use a new "
-                             "work directory or the same config to resume")
-    else:
-        with open(cfg_file, "w") as fh:
-            json.dump(cfg.to_dict(), fh, indent=1)
+    # DONE files written before stages recorded their inputs were made with the config then saved
+    legacy = from_dict(json.load(open(cfg_file))) if os.path.exists(cfg_file) else None
+    check = _Stages(workdir, cfg, legacy)
     timer = Timer(os.path.join(workdir, "timings.json"))
     p = cfg.pipeline
     preset = get_preset(p.preset)
@@ -80,14 +147,14 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
 
     # 1. base policy
     base_dir = os.path.join(workdir, "base")
-    if not _done(base_dir):
+    if not check.done("base"):
         _log("base policy: behaviour cloning")
         b = cfg.base
         timer.run("base", lambda: pretrain_base_policy(
             preset, model_cfg, PretrainConfig(num_demo_levels=b.demo_levels, exp_per_episode=b.exp_per_episode,
                                               steps=b.steps, batch_size=b.batch_size, learning_rate=b.lr,
                                               seed=p.seed), base_dir, progress=progress))
-        _mark(base_dir)
+        check.mark("base")
     base_model = _load(base_dir)
 
     # 2. Stage 1 on the training pool (disjoint from demo and eval levels)
@@ -95,50 +162,52 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
     train = level_pool("train", cfg.stage1.train_levels, preset.generator, p.seed, exclude=(demo,))
     trees = {}
     for strategy in cfg.stage1.strategies:
-        out = os.path.join(workdir, "stage1", strategy)
-        if not _done(out):
+        name = f"stage1/{strategy}"
+        out = os.path.join(workdir, name)
+        if not check.done(name):
             _log(f"stage 1: {strategy}")
             timer.run(f"stage1_{strategy}", lambda: _stage1(base_model, env, params, train, cfg, strategy,
                                                             out, progress))
-            _mark(out)
+            check.mark(name)
         trees[strategy] = out
 
     # 3. Stage-2 datasets and 4. SFT
     variants = {}
     for v in cfg.stage2.variants:
         data_dir = os.path.join(workdir, "data", v) if v != "bc" else os.path.join(base_dir, "data")
-        if v != "bc" and not _done(data_dir):
+        if v != "bc" and not check.done(f"data/{v}"):
             _log(f"dataset: {v}")
             timer.run(f"data_{v}", lambda: _dataset(trees["rollback"], v, cfg, data_dir))
-            _mark(data_dir)
+            check.mark(f"data/{v}")
         if v != "bc" and json.load(open(os.path.join(data_dir, "stats.json")))["examples"] == 0:
             warnings.warn(f"Stage-2 variant {v!r} has no examples (no successful rollouts of the "
                           "kind it needs): skipped")
             continue
         sft_dir = os.path.join(workdir, "sft", v)
-        if not _done(sft_dir):
+        if not check.done(f"sft/{v}"):
             _log(f"stage 2: {v}")
             timer.run(f"sft_{v}", lambda: _finetune(base_dir, data_dir, sft_dir, cfg, progress))
-            _mark(sft_dir)
+            check.mark(f"sft/{v}")
         variants[v] = sft_dir
 
     # 4b. baselines from the same base policy, at LEAFE's Stage-1 env-step budget
     budget = _budget(trees.get("rollback"), cfg)
     for method in cfg.baselines.methods:
-        out = os.path.join(workdir, "baselines", method)
-        if not _done(out):
+        name = f"baselines/{method}"
+        out = os.path.join(workdir, name)
+        if not check.done(name):
             _log(f"baseline: {method} (env-step budget {budget['env_steps']})")
             fn = _grpo if method == "grpo" else _early_experience
             timer.run(method, lambda: fn(base_dir, train, demo, env, params, preset, cfg, out,
                                          budget, progress))
-            _mark(out)
+            check.mark(name)
         variants[method.replace("_", "-")] = out
 
-    # 5. Pass@k on held-out levels
-    eval_dir = os.path.join(workdir, "eval")
-    if not _done(eval_dir):
-        timer.run("eval", lambda: _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, progress))
-        _mark(eval_dir)
+    # 5. Pass@k on held-out levels: each model once (a model added later is evaluated alone)
+    _evaluate(base_dir, variants, env, params, preset, cfg, os.path.join(workdir, "eval"), check, timer,
+              progress)
+    with open(cfg_file, "w") as fh:       # the config of the latest run; each stage keeps its own
+        json.dump(cfg.to_dict(), fh, indent=1)
     report = _report(workdir, cfg, trees, timer.t)
     _log(f"report: {os.path.join(workdir, 'report.md')}")
     return report
@@ -311,27 +380,52 @@ def _early_experience(base_dir, train, demo, env, params, preset, cfg, out, budg
                    "target_env_steps": budget["env_steps"], "policy_dir": final_dir}, fh, indent=1)
 
 
-def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, progress):
+def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, check, timer, progress):
+    """Pass@k of every model on the same held-out levels with the same sampling keys; each
+    model's success matrix is kept in ``eval/<name>/`` and the sweep rewritten over them all."""
     from leafe_jax.agent.pools import level_pool
     from leafe_jax.eval.sweep import sample_success, write_sweep
 
     p = cfg.pipeline
+    models = [("base", base_dir)] + [(v if v != "bc" else "bc-control", w) for v, w in variants.items()]
+    _split_legacy_eval(eval_dir, check, [m for m, _ in models])
     demo = level_pool("demo", cfg.base.demo_levels, preset.generator, p.seed)
     train = level_pool("train", cfg.stage1.train_levels, preset.generator, p.seed, exclude=(demo,))
     held = level_pool("eval", cfg.eval.levels, preset.generator, p.seed, exclude=(demo, train))
     results = {}
-    for name, d in [("base", base_dir)] + [(v if v != "bc" else "bc-control", w) for v, w in variants.items()]:
-        _log(f"eval: {name}")
-        bj = os.path.join(d, "budget.json")
-        if os.path.exists(bj) and "policy_dir" in json.load(open(bj)):
-            d = json.load(open(bj))["policy_dir"]
-        model = _load(d)
-        results[name] = sample_success(model, env, params, held.level, cfg.eval.n,
-                                       jax.random.key(p.seed + 2000), temperature=cfg.eval.temperature,
-                                       progress=progress)
-    os.makedirs(eval_dir, exist_ok=True)
-    np.savez(os.path.join(eval_dir, "success.npz"), **results)
+    for name, d in models:
+        f = os.path.join(eval_dir, name, "success.npy")
+        if not check.done(f"eval/{name}"):
+            _log(f"eval: {name}")
+            bj = os.path.join(d, "budget.json")
+            if os.path.exists(bj) and "policy_dir" in json.load(open(bj)):
+                d = json.load(open(bj))["policy_dir"]
+            model = _load(d)
+            succ = timer.run(f"eval_{name}", lambda: sample_success(
+                model, env, params, held.level, cfg.eval.n, jax.random.key(p.seed + 2000),
+                temperature=cfg.eval.temperature, progress=progress))
+            os.makedirs(os.path.dirname(f), exist_ok=True)
+            np.save(f, np.asarray(succ))
+            check.mark(f"eval/{name}")
+        results[name] = np.load(f)
     write_sweep(results, eval_dir, title=f"{p.preset}, {cfg.eval.levels} held-out levels, seed {p.seed}")
+
+
+def _split_legacy_eval(eval_dir, check, names):
+    """Runs made before per-model evaluation kept every model in one ``eval/success.npz``
+    (marked by ``eval/DONE``): split it into ``eval/<name>/`` under the old config."""
+    npz, done = os.path.join(eval_dir, "success.npz"), os.path.join(eval_dir, "DONE")
+    if not (os.path.exists(done) and os.path.exists(npz)) or check.legacy is None:
+        return
+    old = np.load(npz)
+    for name in old.files:
+        if os.path.exists(os.path.join(eval_dir, name, "DONE")):
+            continue
+        os.makedirs(os.path.join(eval_dir, name), exist_ok=True)
+        np.save(os.path.join(eval_dir, name, "success.npy"), old[name])
+        with open(os.path.join(eval_dir, name, "DONE"), "w") as fh:
+            json.dump({"inputs": _inputs(check.legacy, f"eval/{name}")}, fh, indent=1)
+    os.remove(done)
 
 
 def _report(workdir, cfg, trees, timings) -> dict:
@@ -357,7 +451,8 @@ def _report(workdir, cfg, trees, timings) -> dict:
         if "rollback" in s1:
             lines.append(f"| leafe / rehearsal | {s1['rollback']['env_steps']} | {s1['rollback']['tokens']} "
                          f"| Stage-1 rollback trees, K = {cfg.stage1.budget} |")
-        lines.append("| bc-control | 0 | 0 | demonstrations only |")
+        if "bc" in cfg.stage2.variants:
+            lines.append("| bc-control | 0 | 0 | demonstrations only |")
         for m in cfg.baselines.methods:
             bj = json.load(open(os.path.join(workdir, "baselines", m, "budget.json")))
             note = (f"{bj['rollout_batches']} rollout batches x {cfg.baselines.grpo_tasks_per_step} tasks x "
@@ -375,7 +470,7 @@ def _report(workdir, cfg, trees, timings) -> dict:
                   open(os.path.join(trees["rollback"], "trees.txt")).read().strip(), "```"]
     lines += ["", "## Timings (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
-    lines.append(f"| total | {sum(timings.values()):.0f} |")
+    lines.append(f"| total (every stage run in this work directory) | {sum(timings.values()):.0f} |")
     with open(os.path.join(workdir, "report.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return {"passk": passk["passk"], "stage1": s1, "timings": timings}
