@@ -32,6 +32,8 @@ def test_config_errors_are_named(tmp_path):
         {"pipeline": {"seed": 2}, "stage1": {"budget": 4}})      # the file is the default
     cmp = C.load(os.path.join(os.path.dirname(__file__), "..", "experiments", "compare_small.toml"))
     assert cmp.baselines.methods == ("grpo", "early_experience") and cmp.stage1.strategies == ("rollback",)
+    with pytest.raises(ValueError, match="unknown stage1 strategies"):
+        C.from_dict({"stage1": {"strategies": ["rollback", "beam"]}})
     with pytest.raises(ValueError, match="unknown baselines"):
         C.from_dict({"baselines": {"methods": ["ppo"]}})
 
@@ -79,7 +81,7 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     # The comparison extends the same run: the BC control, GRPO and Early Experience from the
     # same base, at LEAFE's budget; nothing already computed is redone.
     cmp = C.from_dict({"baselines": {"methods": ["grpo", "early_experience"]},
-                       "stage1": {"strategies": ["rollback"]},
+                       "stage1": {"strategies": ["rollback", "rollback_oracle"]},
                        "stage2": {"variants": ["leafe", "rehearsal", "bc"]}}, base=C.tiny())
     run_pipeline(cmp, wd, progress=False)
     passk2 = json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"]
@@ -97,7 +99,10 @@ def test_tiny_pipeline_end_to_end(tmp_path):
     assert g["env_steps"] > 0 and e["env_steps"] >= min(target, e["examples"]) > 0
     # Early Experience gets the same number of update steps as the other fine-tunings
     assert e["wm_steps"] + e["imitation_steps"] == cmp.stage2.steps
-    assert "Interaction budgets" in open(os.path.join(wd, "report.md")).read()
+    report2 = open(os.path.join(wd, "report.md")).read()
+    assert "Interaction budgets" in report2 and "| rollback_oracle |" in report2
+    oracle = json.load(open(os.path.join(wd, "stage1", "rollback_oracle", "stats.json")))
+    assert oracle["env_steps"] > 0 and len(oracle["solved_within_k"]) == cmp.stage1.budget
     # a baseline setting changed after the fact is refused too
     with pytest.raises(ValueError, match=r"'baselines/grpo'.*grpo_lr differ"):
         run_pipeline(C.from_dict({"baselines": {"grpo_lr": 1.0}}, base=cmp), wd, progress=False)

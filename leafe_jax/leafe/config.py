@@ -32,6 +32,14 @@ class BaseSection:
     lr: float = 1e-3
 
 
+# Stage-1 entries: the three strategies at equal budget, and rollback ablations (named so that
+# they sit beside the others in the report; only "rollback" feeds Stage 2).
+STAGE1 = {"rollback": {}, "independent": {}, "refine": {},
+          "rollback_oracle": {"reflector": "oracle"},      # exact-solver reflector: an upper bound
+          "rollback_mask": {"use_mask": True},              # experience + forbidden-action mask
+          "rollback_mask_only": {"use_mask": True, "use_experience": False}}
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Stage1Section:
     train_levels: int = 128
@@ -99,6 +107,9 @@ class PipelineConfig:
                         ("eval.n", self.eval.n), ("base.demo_levels", self.base.demo_levels)):
             if v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
+        unknown = [s for s in self.stage1.strategies if s not in STAGE1]
+        if unknown:
+            raise ValueError(f"unknown stage1 strategies {unknown}; known: {sorted(STAGE1)}")
         if self.stage1.strategies[0] != "rollback" and "leafe" in self.stage2.variants:
             raise ValueError("stage1.strategies must start with 'rollback' (it feeds Stage 2)")
         bad = set(self.baselines.methods) - {"grpo", "early_experience"}

@@ -26,7 +26,7 @@ import warnings
 import jax
 import numpy as np
 
-from leafe_jax.leafe.config import PipelineConfig, from_dict
+from leafe_jax.leafe.config import STAGE1, PipelineConfig, from_dict
 from leafe_jax.leafe.explore import load_tree, save_tree
 
 
@@ -223,11 +223,17 @@ def _stage1(model, env, params, train, cfg, strategy, out, progress):
     from leafe_jax.leafe.render import render_tree
 
     s = cfg.stage1
-    ec = ExploreConfig(strategy=strategy, budget=s.budget, max_depth=s.max_depth, children=s.children,
-                       use_experience=s.use_experience, use_mask=s.use_mask,
-                       reflect_every=s.reflect_every, temperature=s.temperature)
+    ablation = dict(STAGE1[strategy])
+    reflector = None
+    if ablation.pop("reflector", None) == "oracle":
+        from leafe_jax.leafe.reflect import OracleReflector
+        reflector = OracleReflector(env.height, env.width, num_candidates=s.children)
+    ec = ExploreConfig(**{"strategy": strategy.split("_")[0], "budget": s.budget, "max_depth": s.max_depth,
+                          "children": s.children, "use_experience": s.use_experience,
+                          "use_mask": s.use_mask, "reflect_every": s.reflect_every,
+                          "temperature": s.temperature, **ablation})
     tree = explore(model, env, params, train.level, jax.random.key(cfg.pipeline.seed + 1000), ec,
-                   progress=progress)
+                   reflector=reflector, progress=progress)
     os.makedirs(out, exist_ok=True)
     save_tree(tree, os.path.join(out, "tree.npz"))
     stats = tree_stats(tree) | {"solved_within_k": solved_within(tree).mean(0).tolist()}
