@@ -49,3 +49,11 @@ def test_next_observation_targets_are_the_written_grids():
     acts = [int(x) - E.ACT0 for x in rec.tokens[later][~rec.loss_mask[later]]
             if E.ACT0 <= x < E.ACT0 + 4]
     assert acts[:4] == demo[:4] and acts[4] != demo[4]
+
+
+def test_solution_lengths_that_do_not_fit_are_refused():
+    import pytest
+    env = Sokoban(H, W, 1, max_steps=10)
+    sols = np.zeros((1, 4), np.int32)
+    with pytest.raises(ValueError, match=r"solution lengths must be in 1..4.*levels \[0\] have \[5\]"):
+        world_model_examples(env, env.default_params, stack_levels([START]), sols, np.array([5]))

@@ -46,6 +46,12 @@ def world_model_examples(env, params, levels, solutions, lengths, *, num_alterna
     """
     if not 1 <= num_alternatives <= 3:
         raise ValueError(f"num_alternatives must be in 1..3, got {num_alternatives}")
+    lengths = np.asarray(lengths)
+    width = np.shape(solutions)[1]
+    bad = np.flatnonzero((lengths < 1) | (lengths > width))
+    if len(bad):
+        raise ValueError(f"solution lengths must be in 1..{width} (the stored actions per level); "
+                         f"levels {bad[:5].tolist()} have {lengths[bad[:5]].tolist()}")
     rng = rng or np.random.default_rng(0)
     fn = jax.jit(jax.vmap(lambda lv, a: _alternatives(env, params, lv, a)))
     obs, nxt, fb, info = jax.device_get(fn(levels, jnp.asarray(solutions)))
