@@ -109,23 +109,26 @@ def test_tiny_pipeline_end_to_end(tmp_path):
 
 
 def test_runs_from_before_stage_inputs_are_read_with_their_config(tmp_path):
-    """A work directory whose DONE files are empty (older runs) is judged by its config.json."""
+    """A work directory whose DONE files are empty (older runs) is judged by its config.json
+    and the level generator of its time (version 1): it is refused, and left as it was."""
     from leafe_jax.leafe import pipeline as P
 
     cfg = C.tiny()
     (tmp_path / "base").mkdir()
     (tmp_path / "base" / "DONE").write_text("{}")
-    st = P._Stages(str(tmp_path), cfg, legacy=cfg)
-    assert st.done("base")                                    # upgraded in place
-    assert json.loads((tmp_path / "base" / "DONE").read_text())["inputs"]["base"]["steps"] == 2
-    (tmp_path / "stage1" / "rollback").mkdir(parents=True)
-    (tmp_path / "stage1" / "rollback" / "DONE").write_text("{}")
-    other = C.from_dict({"stage1": {"max_depth": 1}}, base=cfg)
-    with pytest.raises(ValueError, match="stage1.max_depth differ"):
-        P._Stages(str(tmp_path), other, legacy=cfg).done("stage1/rollback")
-    assert (tmp_path / "stage1" / "rollback" / "DONE").read_text() == "{}"   # left as it was
+    with pytest.raises(ValueError, match="level generator of an earlier version"):
+        P._Stages(str(tmp_path), cfg, legacy=cfg).done("base")
+    other = C.from_dict({"base": {"steps": 7}}, base=cfg)
+    with pytest.raises(ValueError, match=r"base\.steps, generator_version differ"):
+        P._Stages(str(tmp_path), other, legacy=cfg).done("base")
+    assert (tmp_path / "base" / "DONE").read_text() == "{}"                 # left as it was
     with pytest.raises(ValueError, match="no config.json"):
-        P._Stages(str(tmp_path), cfg, legacy=None).done("stage1/rollback")
+        P._Stages(str(tmp_path), cfg, legacy=None).done("base")
+    # a stage that recorded its inputs is reused when they are equal
+    st = P._Stages(str(tmp_path), cfg, legacy=None)
+    st.mark("stage1/rollback")
+    assert st.done("stage1/rollback")
+    assert json.loads((tmp_path / "stage1" / "rollback" / "DONE").read_text())["inputs"]["stage1"]["budget"] == 4
     # what each stage depends on: a later stage's setting does not touch an earlier stage
     assert P._inputs(cfg, "stage1/rollback") == P._inputs(
         C.from_dict({"stage2": {"lr": 1.0}, "eval": {"n": 2}, "stage1": {"strategies": ["rollback"]}},

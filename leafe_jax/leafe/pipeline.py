@@ -44,15 +44,19 @@ class Timer:
         return out
 
 
-def _inputs(cfg: PipelineConfig, stage: str) -> dict:
+def _inputs(cfg: PipelineConfig, stage: str, generator: int | None = None) -> dict:
     """What a stage's output depends on (its config and its upstream stages' inputs).
 
     Recorded in the stage's DONE file: a resumed or extended run reuses a stage only when
     these are equal, so adding a variant, a baseline or a strategy to a finished run
     computes just what is new, and a changed setting never silently mixes results."""
+    from leafe_jax.envs.sokoban.generator import VERSION
+
     d = cfg.to_dict()
     p, s1, s2, bl = d["pipeline"], d["stage1"], d["stage2"], d["baselines"]
-    base = {"preset": p["preset"], "model": p["model"], "seed": p["seed"], "base": d["base"]}
+    gen = VERSION if generator is None else generator
+    base = {"preset": p["preset"], "model": p["model"], "seed": p["seed"], "base": d["base"],
+            "generator_version": gen}
     tree = lambda strategy: {"base": base, "strategy": strategy,
                              "stage1": {k: v for k, v in s1.items() if k != "strategies"}}
     sft = {k: s2[k] for k in ("steps", "batch_size", "lr")}
@@ -65,7 +69,7 @@ def _inputs(cfg: PipelineConfig, stage: str) -> dict:
         return {"tree": tree("rollback"), "variant": name,
                 "stage2": {k: s2[k] for k in ("beta", "e2p_suffix", "dedupe")}}
     if kind == "sft":
-        return {"data": _inputs(cfg, f"data/{name}") if name != "bc" else base, "stage2": sft}
+        return {"data": _inputs(cfg, f"data/{name}", gen) if name != "bc" else base, "stage2": sft}
     if kind == "baselines":
         prefix = "grpo_" if name == "grpo" else "ee_"
         own = {k: v for k, v in bl.items() if k.startswith(prefix) or k == "match_budget"}
@@ -73,10 +77,10 @@ def _inputs(cfg: PipelineConfig, stage: str) -> dict:
             own["stage2_steps"] = s2["steps"]
         return {"base": base, "budget": tree("rollback") if bl["match_budget"] else None, name: own}
     if kind == "eval":
-        model = {"base": base, "bc-control": _inputs(cfg, "sft/bc")}.get(name)
+        model = {"base": base, "bc-control": _inputs(cfg, "sft/bc", gen)}.get(name)
         if model is None:
-            model = (_inputs(cfg, f"sft/{name}") if name in s2["variants"]
-                     else _inputs(cfg, f"baselines/{name.replace('-', '_')}"))
+            model = (_inputs(cfg, f"sft/{name}", gen) if name in s2["variants"]
+                     else _inputs(cfg, f"baselines/{name.replace('-', '_')}", gen))
         return {"model": model, "eval": d["eval"], "train_levels": s1["train_levels"]}
     raise KeyError(stage)
 
@@ -105,11 +109,17 @@ class _Stages:
             if self.legacy is None:
                 raise ValueError(f"{f} does not say what it was made from and {self.workdir} has "
                                  "no config.json: use a new work directory")
-            info["inputs"] = json.loads(json.dumps(_inputs(self.legacy, stage)))
+            info["inputs"] = json.loads(json.dumps(_inputs(self.legacy, stage, generator=1)))
             if info["inputs"] == want:
                 with open(f, "w") as fh:
                     json.dump(info, fh)
         if info["inputs"] != want:
+            diff = _diff(info["inputs"], want)
+            if diff and all(k.endswith("generator_version") for k in diff):
+                raise ValueError(
+                    f"{self.workdir}: stage {stage!r} was made with the level generator of an earlier "
+                    "version (see leafe_jax/envs/sokoban/generator.py VERSION): its levels differ "
+                    "from today's; use a new work directory")
             raise ValueError(
                 f"{self.workdir}: stage {stage!r} was made with other settings "
                 f"({', '.join(_diff(info['inputs'], want))} differ); use a new work directory, or "
@@ -436,7 +446,7 @@ def _split_legacy_eval(eval_dir, check, names):
         os.makedirs(os.path.join(eval_dir, name), exist_ok=True)
         np.save(os.path.join(eval_dir, name, "success.npy"), old[name])
         with open(os.path.join(eval_dir, name, "DONE"), "w") as fh:
-            json.dump({"inputs": _inputs(check.legacy, f"eval/{name}")}, fh, indent=1)
+            json.dump({"inputs": _inputs(check.legacy, f"eval/{name}", generator=1)}, fh, indent=1)
     os.remove(done)
 
 

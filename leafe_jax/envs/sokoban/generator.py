@@ -32,6 +32,12 @@ from leafe_jax.envs.sokoban.grid import (bfs_layers, flat_shift, layer_of, pack_
                                          unpack_rows)
 from leafe_jax.envs.sokoban.level import Level
 
+# Bumped whenever the levels a (key, config) pair yields change; pipelines record it with
+# their outputs. 2: a pull never overruns max_solution_steps (version 1 could, when the
+# budget was spent with the player beside a box: 0.3-0.7 % of 6x6_2box levels had a
+# 31-step solution for a 30-step limit, stored truncated).
+VERSION = 2
+
 # gym-sokoban's five carving masks.
 _MASKS = np.array([
     [[0, 0, 0], [1, 1, 1], [0, 0, 0]],
@@ -190,7 +196,10 @@ def _reverse_play(key, floor, targets, player, cfg: GeneratorConfig):
             lg += cfg.on_target_bonus * (targets.astype(jnp.float32)
                                          - flat_shift(targets, d, False).astype(jnp.float32))
             logits.append(lg)
-        ok, logits = jnp.stack(ok).reshape(-1), jnp.stack(logits).reshape(-1)   # [4n]
+        # A pull costs at least one step; with none left, the BFS still "reaches" the player's
+        # own cell (depth 0), so a pull there would overrun the budget.
+        ok = jnp.stack(ok).reshape(-1) & (remaining > 0)
+        logits = jnp.stack(logits).reshape(-1)                                      # [4n]
         flat, do = _sample(k, ok, logits)
         u, b = flat // n, flat % n
         du = deltas_arr[u]
