@@ -10,6 +10,8 @@ from leafe_jax.leafe import config as C
 
 
 def test_config_errors_are_named(tmp_path):
+    from leafe_jax.leafe.pipeline import check_context
+
     with pytest.raises(ValueError, match=r"unknown config key\(s\) in \[stage1\]: \['budgett'\]"):
         C.from_dict({"stage1": {"budgett": 3}})
     with pytest.raises(ValueError, match=r"unknown config section\(s\) \['stage3'\]"):
@@ -34,6 +36,10 @@ def test_config_errors_are_named(tmp_path):
     assert cmp.baselines.methods == ("grpo", "early_experience") and cmp.stage1.strategies == ("rollback",)
     with pytest.raises(ValueError, match="unknown stage1 strategies"):
         C.from_dict({"stage1": {"strategies": ["rollback", "beam"]}})
+    big = C.load(os.path.join(os.path.dirname(__file__), "..", "experiments", "compare_tpu.toml"))
+    assert check_context(big) <= 2048 and check_context(cmp) <= 1024
+    with pytest.raises(ValueError, match="needs 1152 context tokens; model 'sokoban-small' holds 1024"):
+        check_context(C.from_dict({"pipeline": {"preset": "7x7_2box"}, "stage1": {"max_depth": 4}}))
     with pytest.raises(ValueError, match="unknown baselines"):
         C.from_dict({"baselines": {"methods": ["ppo"]}})
 

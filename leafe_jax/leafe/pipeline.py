@@ -85,6 +85,24 @@ def _inputs(cfg: PipelineConfig, stage: str, generator: int | None = None) -> di
     raise KeyError(stage)
 
 
+def check_context(cfg: PipelineConfig) -> int:
+    """Context slots the deepest rollback branch needs (start, one experience per depth, the
+    revised action's experience, every turn); refused up front if the model cannot hold them."""
+    from leafe_jax.agent import encoding as E
+    from leafe_jax.agent.rollout import cache_size_for
+    from leafe_jax.envs.sokoban import get_preset
+    from leafe_jax.policy.config import get_config
+
+    preset, model = get_preset(cfg.pipeline.preset), get_config(cfg.pipeline.model)
+    need = cache_size_for(preset.make_env(), 1 + (cfg.stage1.max_depth + 1) * E.EXP_LEN, preset.max_steps)
+    if need > model.max_seq_len:
+        raise ValueError(f"preset {preset.name!r} ({preset.max_steps} steps) with stage1.max_depth = "
+                         f"{cfg.stage1.max_depth} needs {need} context tokens; model {model.name!r} holds "
+                         f"{model.max_seq_len}: use a model with a longer context, a smaller preset or a "
+                         "smaller depth")
+    return need
+
+
 def _diff(a, b, prefix=""):
     """Dotted keys where two nested dicts differ."""
     if not (isinstance(a, dict) and isinstance(b, dict)):
@@ -143,6 +161,7 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
     from leafe_jax.envs.sokoban import get_preset
     from leafe_jax.policy.config import get_config
 
+    check_context(cfg)
     os.makedirs(workdir, exist_ok=True)
     cfg_file = os.path.join(workdir, "config.json")
     # DONE files written before stages recorded their inputs were made with the config then saved
