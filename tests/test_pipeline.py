@@ -114,27 +114,29 @@ def test_tiny_pipeline_end_to_end(tmp_path):
         run_pipeline(C.from_dict({"baselines": {"grpo_lr": 1.0}}, base=cmp), wd, progress=False)
 
 
-def test_runs_from_before_stage_inputs_are_read_with_their_config(tmp_path):
-    """A work directory whose DONE files are empty (older runs) is judged by its config.json
-    and the level generator of its time (version 1): it is refused, and left as it was."""
+def test_stage_markers_record_their_inputs(tmp_path):
+    """A stage is reused only with equal inputs; older markers (no inputs) and stages made with
+    an earlier level generator are refused by name, and left as they were."""
     from leafe_jax.leafe import pipeline as P
 
     cfg = C.tiny()
-    (tmp_path / "base").mkdir()
-    (tmp_path / "base" / "DONE").write_text("{}")
+    st = P._Stages(str(tmp_path), cfg)
+    assert not st.done("base")
+    st.mark("base")
+    assert st.done("base")
+    assert json.loads((tmp_path / "base" / "DONE").read_text())["inputs"]["base"]["steps"] == 2
+    with pytest.raises(ValueError, match=r"'base'.*base\.steps differ"):
+        P._Stages(str(tmp_path), C.from_dict({"base": {"steps": 7}}, base=cfg)).done("base")
+    done = tmp_path / "base" / "DONE"
+    old = json.loads(done.read_text())
+    old["inputs"]["generator_version"] = 1
+    done.write_text(json.dumps(old))
     with pytest.raises(ValueError, match="level generator of an earlier version"):
-        P._Stages(str(tmp_path), cfg, legacy=cfg).done("base")
-    other = C.from_dict({"base": {"steps": 7}}, base=cfg)
-    with pytest.raises(ValueError, match=r"base\.steps, generator_version differ"):
-        P._Stages(str(tmp_path), other, legacy=cfg).done("base")
-    assert (tmp_path / "base" / "DONE").read_text() == "{}"                 # left as it was
-    with pytest.raises(ValueError, match="no config.json"):
-        P._Stages(str(tmp_path), cfg, legacy=None).done("base")
-    # a stage that recorded its inputs is reused when they are equal
-    st = P._Stages(str(tmp_path), cfg, legacy=None)
-    st.mark("stage1/rollback")
-    assert st.done("stage1/rollback")
-    assert json.loads((tmp_path / "stage1" / "rollback" / "DONE").read_text())["inputs"]["stage1"]["budget"] == 4
+        st.done("base")
+    done.write_text("{}")
+    with pytest.raises(ValueError, match="before stages recorded their inputs"):
+        st.done("base")
+    assert done.read_text() == "{}"                                      # left as it was
     # what each stage depends on: a later stage's setting does not touch an earlier stage
     assert P._inputs(cfg, "stage1/rollback") == P._inputs(
         C.from_dict({"stage2": {"lr": 1.0}, "eval": {"n": 2}, "stage1": {"strategies": ["rollback"]}},

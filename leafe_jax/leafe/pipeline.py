@@ -26,7 +26,7 @@ import warnings
 import jax
 import numpy as np
 
-from leafe_jax.leafe.config import STAGE1, PipelineConfig, from_dict
+from leafe_jax.leafe.config import STAGE1, PipelineConfig
 from leafe_jax.leafe.explore import load_tree, save_tree
 
 
@@ -44,7 +44,7 @@ class Timer:
         return out
 
 
-def _inputs(cfg: PipelineConfig, stage: str, generator: int | None = None) -> dict:
+def _inputs(cfg: PipelineConfig, stage: str) -> dict:
     """What a stage's output depends on (its config and its upstream stages' inputs).
 
     Recorded in the stage's DONE file: a resumed or extended run reuses a stage only when
@@ -54,9 +54,8 @@ def _inputs(cfg: PipelineConfig, stage: str, generator: int | None = None) -> di
 
     d = cfg.to_dict()
     p, s1, s2, bl = d["pipeline"], d["stage1"], d["stage2"], d["baselines"]
-    gen = VERSION if generator is None else generator
     base = {"preset": p["preset"], "model": p["model"], "seed": p["seed"], "base": d["base"],
-            "generator_version": gen}
+            "generator_version": VERSION}
     tree = lambda strategy: {"base": base, "strategy": strategy,
                              "stage1": {k: v for k, v in s1.items() if k != "strategies"}}
     sft = {k: s2[k] for k in ("steps", "batch_size", "lr")}
@@ -69,7 +68,7 @@ def _inputs(cfg: PipelineConfig, stage: str, generator: int | None = None) -> di
         return {"tree": tree("rollback"), "variant": name,
                 "stage2": {k: s2[k] for k in ("beta", "e2p_suffix", "dedupe")}}
     if kind == "sft":
-        return {"data": _inputs(cfg, f"data/{name}", gen) if name != "bc" else base, "stage2": sft}
+        return {"data": _inputs(cfg, f"data/{name}") if name != "bc" else base, "stage2": sft}
     if kind == "baselines":
         prefix = "grpo_" if name == "grpo" else "ee_"
         own = {k: v for k, v in bl.items() if k.startswith(prefix) or k == "match_budget"}
@@ -77,10 +76,10 @@ def _inputs(cfg: PipelineConfig, stage: str, generator: int | None = None) -> di
             own["stage2_steps"] = s2["steps"]
         return {"base": base, "budget": tree("rollback") if bl["match_budget"] else None, name: own}
     if kind == "eval":
-        model = {"base": base, "bc-control": _inputs(cfg, "sft/bc", gen)}.get(name)
+        model = {"base": base, "bc-control": _inputs(cfg, "sft/bc")}.get(name)
         if model is None:
-            model = (_inputs(cfg, f"sft/{name}", gen) if name in s2["variants"]
-                     else _inputs(cfg, f"baselines/{name.replace('-', '_')}", gen))
+            model = (_inputs(cfg, f"sft/{name}") if name in s2["variants"]
+                     else _inputs(cfg, f"baselines/{name.replace('-', '_')}"))
         return {"model": model, "eval": d["eval"], "train_levels": s1["train_levels"]}
     raise KeyError(stage)
 
@@ -114,41 +113,35 @@ def _diff(a, b, prefix=""):
 class _Stages:
     """DONE markers that say what each stage was made from."""
 
-    def __init__(self, workdir, cfg, legacy):
-        self.workdir, self.cfg, self.legacy = workdir, cfg, legacy
+    def __init__(self, workdir, cfg):
+        self.workdir, self.cfg = workdir, cfg
 
     def done(self, stage) -> bool:
         f = os.path.join(self.workdir, stage, "DONE")
         if not os.path.exists(f):
             return False
-        want = json.loads(json.dumps(_inputs(self.cfg, stage)))
-        info = json.load(open(f))
-        if "inputs" not in info:                  # written before DONE files held their inputs
-            if self.legacy is None:
-                raise ValueError(f"{f} does not say what it was made from and {self.workdir} has "
-                                 "no config.json: use a new work directory")
-            info["inputs"] = json.loads(json.dumps(_inputs(self.legacy, stage, generator=1)))
-            if info["inputs"] == want:
-                with open(f, "w") as fh:
-                    json.dump(info, fh)
-        if info["inputs"] != want:
-            diff = _diff(info["inputs"], want)
-            if diff and all(k.endswith("generator_version") for k in diff):
-                raise ValueError(
-                    f"{self.workdir}: stage {stage!r} was made with the level generator of an earlier "
-                    "version (see leafe_jax/envs/sokoban/generator.py VERSION): its levels differ "
-                    "from today's; use a new work directory")
+        have = json.load(open(f)).get("inputs")
+        if have is None:
+            raise ValueError(f"{f} was written before stages recorded their inputs (and with level "
+                             "generator version 1): use a new work directory")
+        diff = _diff(have, json.loads(json.dumps(_inputs(self.cfg, stage))))
+        if diff and all(k.endswith("generator_version") for k in diff):
             raise ValueError(
-                f"{self.workdir}: stage {stage!r} was made with other settings "
-                f"({', '.join(_diff(info['inputs'], want))} differ); use a new work directory, or "
-                f"delete {os.path.join(self.workdir, stage)} and the stages built on it")
+                f"{self.workdir}: stage {stage!r} was made with the level generator of an earlier "
+                "version (see leafe_jax/envs/sokoban/generator.py VERSION): its levels differ "
+                "from today's; use a new work directory")
+        if diff:
+            raise ValueError(
+                f"{self.workdir}: stage {stage!r} was made with other settings ({', '.join(diff)} "
+                f"differ); use a new work directory, or delete {os.path.join(self.workdir, stage)} "
+                "and the stages built on it")
         return True
 
-    def mark(self, stage, **extra):
+    def mark(self, stage):
         path = os.path.join(self.workdir, stage)
         os.makedirs(path, exist_ok=True)
         with open(os.path.join(path, "DONE"), "w") as fh:
-            json.dump({"inputs": _inputs(self.cfg, stage), **extra}, fh, indent=1)
+            json.dump({"inputs": _inputs(self.cfg, stage)}, fh, indent=1)
 
 
 def _log(msg):
@@ -164,9 +157,7 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
     check_context(cfg)
     os.makedirs(workdir, exist_ok=True)
     cfg_file = os.path.join(workdir, "config.json")
-    # DONE files written before stages recorded their inputs were made with the config then saved
-    legacy = from_dict(json.load(open(cfg_file))) if os.path.exists(cfg_file) else None
-    check = _Stages(workdir, cfg, legacy)
+    check = _Stages(workdir, cfg)
     timer = Timer(os.path.join(workdir, "timings.json"))
     p = cfg.pipeline
     preset = get_preset(p.preset)
@@ -233,8 +224,8 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
         variants[method.replace("_", "-")] = out
 
     # 5. Pass@k on held-out levels: each model once (a model added later is evaluated alone)
-    _evaluate(base_dir, variants, env, params, preset, cfg, os.path.join(workdir, "eval"), check, timer,
-              progress)
+    _evaluate(base_dir, variants, env, params, preset, cfg, (demo, train), os.path.join(workdir, "eval"),
+              check, timer, progress)
     with open(cfg_file, "w") as fh:       # the config of the latest run; each stage keeps its own
         json.dump(cfg.to_dict(), fh, indent=1)
     report = _report(workdir, cfg, trees, timer.t)
@@ -421,7 +412,7 @@ def _early_experience(base_dir, train, demo, env, params, preset, cfg, out, budg
                    "target_env_steps": budget["env_steps"], "policy_dir": final_dir}, fh, indent=1)
 
 
-def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, check, timer, progress):
+def _evaluate(base_dir, variants, env, params, preset, cfg, pools, eval_dir, check, timer, progress):
     """Pass@k of every model on the same held-out levels with the same sampling keys; each
     model's success matrix is kept in ``eval/<name>/`` and the sweep rewritten over them all."""
     from leafe_jax.agent.pools import level_pool
@@ -429,10 +420,7 @@ def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, check, tim
 
     p = cfg.pipeline
     models = [("base", base_dir)] + [(v if v != "bc" else "bc-control", w) for v, w in variants.items()]
-    _split_legacy_eval(eval_dir, check, [m for m, _ in models])
-    demo = level_pool("demo", cfg.base.demo_levels, preset.generator, p.seed)
-    train = level_pool("train", cfg.stage1.train_levels, preset.generator, p.seed, exclude=(demo,))
-    held = level_pool("eval", cfg.eval.levels, preset.generator, p.seed, exclude=(demo, train))
+    held = None
     results = {}
     for name, d in models:
         f = os.path.join(eval_dir, name, "success.npy")
@@ -442,6 +430,8 @@ def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, check, tim
             if os.path.exists(bj) and "policy_dir" in json.load(open(bj)):
                 d = json.load(open(bj))["policy_dir"]
             model = _load(d)
+            if held is None:            # disjoint from the demo and training pools
+                held = level_pool("eval", cfg.eval.levels, preset.generator, p.seed, exclude=pools)
             succ = timer.run(f"eval_{name}", lambda: sample_success(
                 model, env, params, held.level, cfg.eval.n, jax.random.key(p.seed + 2000),
                 temperature=cfg.eval.temperature, progress=progress))
@@ -450,23 +440,6 @@ def _evaluate(base_dir, variants, env, params, preset, cfg, eval_dir, check, tim
             check.mark(f"eval/{name}")
         results[name] = np.load(f)
     write_sweep(results, eval_dir, title=f"{p.preset}, {cfg.eval.levels} held-out levels, seed {p.seed}")
-
-
-def _split_legacy_eval(eval_dir, check, names):
-    """Runs made before per-model evaluation kept every model in one ``eval/success.npz``
-    (marked by ``eval/DONE``): split it into ``eval/<name>/`` under the old config."""
-    npz, done = os.path.join(eval_dir, "success.npz"), os.path.join(eval_dir, "DONE")
-    if not (os.path.exists(done) and os.path.exists(npz)) or check.legacy is None:
-        return
-    old = np.load(npz)
-    for name in old.files:
-        if os.path.exists(os.path.join(eval_dir, name, "DONE")):
-            continue
-        os.makedirs(os.path.join(eval_dir, name), exist_ok=True)
-        np.save(os.path.join(eval_dir, name, "success.npy"), old[name])
-        with open(os.path.join(eval_dir, name, "DONE"), "w") as fh:
-            json.dump({"inputs": _inputs(check.legacy, f"eval/{name}", generator=1)}, fh, indent=1)
-    os.remove(done)
 
 
 def _report(workdir, cfg, trees, timings) -> dict:
