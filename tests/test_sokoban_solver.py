@@ -98,3 +98,16 @@ def test_matches_brute_force_on_generated_levels():
     for i in range(10):
         lvl = jax.tree.map(lambda x: np.asarray(x[i]), g.level)
         assert solve(lvl, 6, 6).length == brute_force_length(lvl, 6, 6)
+
+
+def test_repeated_solves_compile_once():
+    """The oracle reflector calls the solver thousands of times: its dead-square table must
+    not compile per call (eagerly it did - 18 memory maps per call until LLVM ran out)."""
+    from leafe_jax.envs.sokoban.level import push_distance
+    from sokoban_cases import CORNER_TEXT
+
+    lvl, H, W = level(CORNER_TEXT)
+    before = push_distance._cache_size()
+    for _ in range(3):
+        solve(lvl, H, W)
+    assert push_distance._cache_size() - before <= 1

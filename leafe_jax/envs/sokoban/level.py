@@ -151,6 +151,7 @@ OBS_TO_BITS = np.array([C.BIT_WALL, 0, C.BIT_TARGET, C.BIT_BOX | C.BIT_TARGET, C
                         0, C.BIT_TARGET], np.uint8)
 
 
+@jax.jit          # also when called eagerly (the solver): one compile per shape, not per call
 def push_distance(grid_HxW: jax.Array) -> jax.Array:
     """Fewest pushes that bring a box on each cell to some target, other boxes ignored.
 
