@@ -371,12 +371,6 @@ def _early_experience(base_dir, train, demo, env, params, preset, cfg, out, budg
 
     b, s = cfg.baselines, cfg.stage2
     lengths = np.asarray(demo.solution_len)
-    fits = (lengths >= 1) & (lengths <= np.shape(demo.solution)[1])
-    if not fits.all():       # levels from before the generator fix (a solution one step too long)
-        warnings.warn(f"Early Experience: {int((~fits).sum())} demo levels whose solution does not fit "
-                      "the stored actions are left out")
-        demo = jax.tree.map(lambda x: x[np.flatnonzero(fits)], demo)
-        lengths = lengths[fits]
     if b.match_budget:      # demo levels whose states x alternatives match the budget
         need = np.cumsum(lengths * b.ee_alternatives)
         m = int(min(len(lengths), np.searchsorted(need, budget["env_steps"]) + 1))
