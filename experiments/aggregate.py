@@ -65,10 +65,6 @@ def load_run(d: str) -> dict:
             "budgets": budgets, "timings": json.load(open(os.path.join(d, "timings.json")))}
 
 
-def passk(success, k):
-    return pass_at_k_per_task(success, k)
-
-
 def main(dirs, plot=None, out_file=None):
     runs = [load_run(d) for d in dirs]
     common = set.intersection(*(set(r["success"]) for r in runs))
@@ -90,7 +86,7 @@ def main(dirs, plot=None, out_file=None):
         for k in (1, K):
             vals = []
             for r in runs:
-                per = passk(r["success"][m], k)
+                per = pass_at_k_per_task(r["success"][m], k)
                 lo, hi = bootstrap_ci(per)
                 vals.append(100 * per.mean())
                 row.append(f"{100 * per.mean():.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
@@ -98,7 +94,7 @@ def main(dirs, plot=None, out_file=None):
             row.append(f"**{mu:.1f} ± {ci:.1f}**")
         out.append("| " + " | ".join(row) + " |")
         ks = [2 ** i for i in range(int(np.log2(K)) + 1)]
-        curves[m] = (ks, np.array([[100 * passk(r["success"][m], k).mean() for k in ks] for r in runs]))
+        curves[m] = (ks, np.array([[100 * pass_at_k_per_task(r["success"][m], k).mean() for k in ks] for r in runs]))
 
     if "leafe" in methods and len(methods) > 1:
         n_levels = sum(r["success"]["leafe"].shape[0] for r in runs)
@@ -113,7 +109,7 @@ def main(dirs, plot=None, out_file=None):
                 continue
             cells = []
             for k in (1, K):
-                diffs = [passk(r["success"]["leafe"], k) - passk(r["success"][m], k) for r in runs]
+                diffs = [pass_at_k_per_task(r["success"]["leafe"], k) - pass_at_k_per_task(r["success"][m], k) for r in runs]
                 pooled = np.concatenate(diffs)
                 lo, hi = bootstrap_ci(pooled)
                 mu, ci = mean_ci([100 * d.mean() for d in diffs])
