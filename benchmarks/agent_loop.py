@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from leafe_jax.agent.rollout import rollout
+from leafe_jax.interfaces.symbolic.rollout import rollout
 from leafe_jax.envs.sokoban import generate_levels, get_preset
 from leafe_jax.eval.sweep import sample_success
 from leafe_jax.policy.config import get_config

@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from leafe_jax.eval.passk import bootstrap_ci, pass_at_k_per_task
-from leafe_jax.leafe.config import STAGE1
+from leafe_jax.pipeline.config import STAGE1
 
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
 ORDER = ["base", "bc-control", "rehearsal", "e2p", "leafe", "grpo", "early-experience"]

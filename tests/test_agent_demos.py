@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leafe_jax.agent import encoding as E
-from leafe_jax.agent.demos import bc_examples, build_demos
+from leafe_jax.interfaces.symbolic import encoding as E
+from leafe_jax.interfaces.symbolic.demos import bc_examples, build_demos
 from leafe_jax.envs.sokoban import GeneratedLevel, Sokoban
 from sokoban_cases import level
 

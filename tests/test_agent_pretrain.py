@@ -6,13 +6,14 @@ import jax
 import numpy as np
 import pytest
 
-from leafe_jax.agent.pools import _fingerprints, level_pool
-from leafe_jax.agent.pretrain import PretrainConfig, pretrain_base_policy
+from leafe_jax.envs.sokoban.pools import _fingerprints, level_pool
+from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig, pretrain_base_policy
 from leafe_jax.envs.sokoban import get_preset
 from leafe_jax.eval.sweep import sample_success, write_sweep
 from leafe_jax.policy.config import get_config
 from leafe_jax.policy.model import create_model
 from leafe_jax.train.checkpoint import Checkpointer
+from leafe_jax.train.sft import SFTConfig
 
 TINY = get_config("test-tiny").replace(vocab_size=64, max_seq_len=512)
 
@@ -30,7 +31,7 @@ def test_pools_are_disjoint_and_named():
 @pytest.mark.slow
 def test_pretrain_then_evaluate_end_to_end(tmp_path):
     preset = get_preset("verl6x6")
-    cfg = PretrainConfig(num_demo_levels=6, steps=2, batch_size=4, exp_per_episode=1)
+    cfg = PretrainConfig(demo_levels=6, exp_per_episode=1, sft=SFTConfig(steps=2, batch_size=4))
     model, metrics, stats = pretrain_base_policy(preset, TINY, cfg, str(tmp_path / "base"),
                                                  progress=False)
     assert stats["demo"] == 6 and stats["examples"] == stats["demo"] + stats["demo+exp"]
@@ -42,8 +43,8 @@ def test_pretrain_then_evaluate_end_to_end(tmp_path):
     assert meta["preset"] == "verl6x6"
     toks = np.arange(10)[None] % 60
     np.testing.assert_allclose(np.asarray(loaded(toks)[0]), np.asarray(model(toks)[0]), atol=1e-6)
-    demo = level_pool("demo", 6, preset.generator, cfg.seed)
-    held = level_pool("eval", 3, preset.generator, cfg.seed, exclude=(demo,))
+    demo = level_pool("demo", 6, preset.generator, 0)
+    held = level_pool("eval", 3, preset.generator, 0, exclude=(demo,))
     env = preset.make_env()
     success = sample_success(loaded, env, env.default_params, held.level, 4, jax.random.key(0),
                              progress=False)
@@ -57,4 +58,4 @@ def test_pretrain_then_evaluate_end_to_end(tmp_path):
 def test_pretrain_rejects_a_too_small_vocabulary(tmp_path):
     with pytest.raises(ValueError, match="vocabulary 32 < interaction vocabulary 60"):
         pretrain_base_policy(get_preset("verl6x6"), TINY.replace(vocab_size=32),
-                             PretrainConfig(num_demo_levels=2, steps=1), str(tmp_path))
+                             PretrainConfig(demo_levels=2, sft=SFTConfig(steps=1)), str(tmp_path))

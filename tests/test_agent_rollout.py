@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leafe_jax.agent import encoding as E
-from leafe_jax.agent.rollout import rollout
+from leafe_jax.interfaces.symbolic import encoding as E
+from leafe_jax.interfaces.symbolic.rollout import rollout
 from leafe_jax.envs.sokoban import generate_levels, get_preset
 from leafe_jax.policy.config import get_config
 from leafe_jax.policy.model import create_model

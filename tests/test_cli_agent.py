@@ -28,7 +28,7 @@ def test_pretrain_then_evaluate_commands(tmp_path, capsys, monkeypatch):
     assert "step 1:" in text and "<bos>" in text and (tmp_path / "p.gif").exists()
     # export: params only, and Hugging Face safetensors that load back to the same logits
     import numpy as np
-    from leafe_jax.cli.evaluate import load_policy
+    from leafe_jax.train.checkpoint import load_policy
     from leafe_jax.policy.hf import load_hf
     assert main(["export", str(wd), "--out", str(tmp_path / "params")]) == 0
     assert main(["export", str(wd), "--out", str(tmp_path / "hf"), "--format", "hf"]) == 0

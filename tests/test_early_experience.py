@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from leafe_jax.agent import encoding as E
+from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.baselines.early_experience import world_model_examples
 from leafe_jax.envs.sokoban import Sokoban
 from leafe_jax.envs.sokoban.level import stack_levels

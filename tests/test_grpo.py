@@ -109,5 +109,5 @@ def test_grpo_raises_success_on_a_one_step_level(tmp_path):
     assert final["kl"] >= 0 and 0 <= final["clip_frac"] <= 1 and final["env_steps_this_run"] == 12 * 32
     for a, b in zip(jax.tree.leaves(ref_before), jax.tree.leaves(nnx.state(ref, nnx.Param))):
         np.testing.assert_array_equal(a, np.asarray(b))             # the reference stays fixed
-    with pytest.raises(ValueError, match="group_size >= 2"):
+    with pytest.raises(ValueError, match="group_size must be >= 2"):
         GRPOConfig(group_size=1)

@@ -5,13 +5,15 @@ import jax
 import numpy as np
 import pytest
 
-from leafe_jax.agent import encoding as E
+from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.envs.sokoban import Sokoban
 from leafe_jax.envs.sokoban.replay import replay
 from leafe_jax.leafe.distill import DistillConfig, stage2_examples
-from leafe_jax.leafe.episode import episode_from_actions, strip_experience
-from leafe_jax.leafe.explore import ExploreConfig, explore, load_tree, save_tree, solved_within, tree_stats
-from leafe_jax.leafe.reflect import ModelReflector, OracleReflector, feedback_reflect
+from leafe_jax.interfaces.symbolic.episode import episode_from_actions, strip_experience
+from leafe_jax.leafe.explore import ExploreConfig, explore, resolve
+from leafe_jax.leafe.tree import NO_PARENT, load_tree, path_to_root, save_tree, solved_within, tree_stats
+from leafe_jax.interfaces.symbolic.interface import SymbolicSokoban
+from leafe_jax.interfaces.symbolic.reflect import ModelReflector, OracleReflector, feedback_reflect
 from sokoban_cases import CORNER_TEXT, level
 
 CORNER, _, _ = level(CORNER_TEXT)
@@ -77,16 +79,23 @@ def test_model_reflector_parses_and_counts_bad_answers():
 
 
 def test_explore_config_rejects_bad_budgets():
-    for kw in ({"budget": 0}, {"max_depth": 0}, {"children": -1}, {"strategy": "bfs"},
-               {"use_experience": False, "use_mask": False}):
-        with pytest.raises(ValueError):
+    for kw, msg in (({"budget": 0}, "budget must be >= 1"), ({"max_depth": 0}, "max_depth must be >= 1"),
+                    ({"children": -1}, "children must be >= 1"), ({"budget": 2.7}, "must be an integer"),
+                    ({"temperature": 0.0}, "temperature must be > 0"),
+                    ({"reflect_every": -1}, "reflect_every must be >= 0")):
+        with pytest.raises(ValueError, match=msg):
             ExploreConfig(**kw)
+    with pytest.raises(ValueError, match="unknown Stage-1 strategy 'bfs'"):
+        resolve("bfs", ExploreConfig())
+    with pytest.raises(ValueError, match="rollback needs the experience, the mask, or both"):
+        resolve("rollback", ExploreConfig(use_experience=False, use_mask=False))
+    assert resolve("rollback_mask_only", ExploreConfig())[1].use_experience is False
 
 
 # ------------------------------------------------------------------ trees on a real policy
 @pytest.fixture(scope="module")
 def setup():
-    from leafe_jax.agent.pools import level_pool
+    from leafe_jax.envs.sokoban.pools import level_pool
     from leafe_jax.envs.sokoban import get_preset
     from leafe_jax.policy.config import get_config
     from leafe_jax.policy.model import create_model
@@ -101,7 +110,8 @@ def setup():
 def rollback_tree(setup):
     model, env, params, levels = setup
     cfg = ExploreConfig(budget=6, max_depth=2, children=2)
-    return explore(model, env, params, levels.level, jax.random.key(1), cfg, progress=False), cfg
+    return explore(SymbolicSokoban(env, params), model, levels.level, jax.random.key(1), cfg,
+                   progress=False), cfg
 
 
 def test_tree_respects_budget_depth_and_bfs_order(rollback_tree):
@@ -116,7 +126,10 @@ def test_tree_respects_budget_depth_and_bfs_order(rollback_tree):
         assert (np.diff(tree.depth[b, by_order]) >= 0).all()   # breadth-first
         for n in nodes:
             p = tree.parent[b, n]
-            if p >= 0:
+            if p != NO_PARENT:
+                path = path_to_root(tree, b, n)
+                assert path[1] == p and tree.parent[b, path[-1]] == NO_PARENT
+                assert len(path) == tree.depth[b, n] + 1
                 assert tree.order[b, p] < tree.order[b, n] and not tree.solved[b, p]
                 assert tree.depth[b, n] == tree.depth[b, p] + 1
         # no more than M children per node
@@ -159,10 +172,11 @@ def test_branches_restore_the_parent_state_and_prefix_exactly(setup, rollback_tr
 def test_strategies_spend_equal_rollouts_and_share_the_first(setup, rollback_tree):
     model, env, params, levels = setup
     tree, _ = rollback_tree
-    ind = explore(model, env, params, levels.level, jax.random.key(1),
-                  ExploreConfig(strategy="independent", budget=6), progress=False)
-    ref = explore(model, env, params, levels.level, jax.random.key(1),
-                  ExploreConfig(strategy="refine", budget=6), progress=False)
+    agent = SymbolicSokoban(env, params)
+    ind = explore(agent, model, levels.level, jax.random.key(1), ExploreConfig(budget=6), "independent",
+                  progress=False)
+    ref = explore(agent, model, levels.level, jax.random.key(1), ExploreConfig(budget=6), "refine",
+                  progress=False)
     assert ind.valid.sum(1).tolist() == [6] * 12 == ref.valid.sum(1).tolist()
     # the first rollout of every strategy is the same root (same key, same context)
     np.testing.assert_array_equal(ind.solved[:, 0], tree.solved[:, 0])
@@ -180,14 +194,15 @@ def test_strategies_spend_equal_rollouts_and_share_the_first(setup, rollback_tre
 def test_tree_save_load_round_trip(rollback_tree, tmp_path):
     tree, _ = rollback_tree
     save_tree(tree, tmp_path / "t.npz")
-    back = load_tree(tmp_path / "t.npz")
+    back = load_tree(tmp_path / "t.npz", SymbolicSokoban(ENV).episode_like())
     for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(back)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
 def test_stage2_datasets(rollback_tree):
     tree, _ = rollback_tree
-    rec, stats = stage2_examples(tree, DistillConfig())
+    agent = SymbolicSokoban(ENV)
+    rec, stats = stage2_examples(agent, tree, DistillConfig())
     assert stats["successful_branches"] >= 1, stats            # the fixture's seed gives some
     solved_nodes = {(b, n) for b, n in zip(*np.nonzero(tree.valid & tree.solved))}
     for t, m, s, st, task in zip(rec.tokens, rec.loss_mask, rec.source, rec.step, rec.task_id):
@@ -203,7 +218,7 @@ def test_stage2_datasets(rollback_tree):
             assert t[-1] == a_tau + E.ACT0
         else:
             assert any(b == task for b, _ in solved_nodes)
-    reh, _ = stage2_examples(tree, DistillConfig(e2p=False))
+    reh, _ = stage2_examples(agent, tree, DistillConfig(), e2p=False)
     assert set(reh.source) == {"rehearsal"}
     assert len(reh) == stats["rehearsal"] and stats["e2p"] >= 1
     # rehearsal-only holds no (h_tau -> a'_tau) pair: every e2p example's context+target is absent
@@ -211,14 +226,15 @@ def test_stage2_datasets(rollback_tree):
     for t, m, s in zip(rec.tokens, rec.loss_mask, rec.source):
         if s == "e2p":
             assert (t.tobytes(), m.tobytes()) not in reh_keys
-    suffix, _ = stage2_examples(tree, DistillConfig(rehearsal=False, e2p_suffix=True))
+    suffix, _ = stage2_examples(agent, tree, DistillConfig(e2p_suffix=True), rehearsal=False)
     assert max(m.sum() for m in suffix.loss_mask) > 1
 
 
 def test_no_successful_branch_gives_an_empty_distillation_set(rollback_tree):
     tree, _ = rollback_tree
-    failed_only = tree._replace(solved=np.zeros_like(tree.solved))
-    rec, stats = stage2_examples(failed_only, DistillConfig())
+    failed_only = tree.replace(solved=np.zeros_like(tree.solved))
+    agent = SymbolicSokoban(ENV)
+    rec, stats = stage2_examples(agent, failed_only, DistillConfig())
     assert rec is None and stats["successful_branches"] == 0
     with pytest.raises(ValueError, match="needs rehearsal, e2p, or both"):
-        DistillConfig(rehearsal=False, e2p=False)
+        stage2_examples(agent, tree, DistillConfig(), rehearsal=False, e2p=False)

@@ -1,4 +1,5 @@
-"""``leafe pipeline`` end to end on the tiny config: artefacts, resumption, config errors."""
+"""``leafe pipeline`` end to end on the tiny config: outputs pinned to the pre-redesign code,
+resumption, extension, config validation and the hostile-input cases of issue #12."""
 
 import json
 import os
@@ -6,153 +7,222 @@ import os
 import numpy as np
 import pytest
 
-from leafe_jax.leafe import config as C
+from leafe_jax.cli import main
+from leafe_jax.pipeline import config as C
+from leafe_jax.pipeline import stages as S
+from leafe_jax.pipeline.run import check_context, run_pipeline
+from leafe_jax.train.checkpoint import load_policy
+from pinned import COMPARISON, PINNED, fingerprint
+
+EXP = os.path.join(os.path.dirname(__file__), "..", "experiments")
 
 
 def test_config_errors_are_named(tmp_path):
-    from leafe_jax.leafe.pipeline import check_context
-
-    with pytest.raises(ValueError, match=r"unknown config key\(s\) in \[stage1\]: \['budgett'\]"):
-        C.from_dict({"stage1": {"budgett": 3}})
-    with pytest.raises(ValueError, match=r"unknown config section\(s\) \['stage3'\]"):
-        C.from_dict({"stage3": {}})
-    with pytest.raises(ValueError, match="stage1.train_levels must be >= 1"):
-        C.from_dict({"stage1": {"train_levels": 0}})
-    with pytest.raises(ValueError, match="must be a number"):
-        C.from_dict({"base": {"steps": "many"}})
-    with pytest.raises(ValueError, match="unknown stage2 variants"):
-        C.from_dict({"stage2": {"variants": ["leafe", "magic"]}})
+    cases = [({"stage1": {"budgett": 3}}, r"unknown key\(s\) in \[stage1\]: \['budgett'\]"),
+             ({"stage3": {}}, r"unknown key\(s\) in the config: \['stage3'\]"),
+             ({"stage1": {"train_levels": 0}}, "stage1.train_levels must be >= 1, got 0"),
+             ({"base": {"sft": {"steps": "many"}}}, "base.sft.steps must be an integer"),
+             ({"stage2": {"variants": ["leafe", "magic"]}}, r"stage2.variants must be one of .*'magic'"),
+             ({"stage1": {"strategies": ["rollback", "beam"]}}, r"stage1.strategies must be one of"),
+             ({"stage1": {"strategies": []}}, "stage1.strategies must name at least one"),
+             ({"baselines": {"methods": ["ppo"]}}, "baselines.methods must be one of"),
+             ({"stage1": {"explore": {"budget": 0}}}, "stage1.explore.budget must be >= 1, got 0"),
+             ({"stage1": {"explore": {"budget": -1}}}, "stage1.explore.budget must be >= 1"),
+             ({"stage1": {"explore": {"max_depth": 0}}}, "stage1.explore.max_depth must be >= 1"),
+             ({"stage1": {"explore": {"children": 0}}}, "stage1.explore.children must be >= 1"),
+             ({"stage1": {"explore": {"budget": 2.7}}}, "stage1.explore.budget must be an integer, got 2.7"),
+             ({"stage1": {"explore": {"temperature": 0}}}, "stage1.explore.temperature must be > 0"),
+             ({"stage1": {"explore": {"reflect_every": -1}}}, "stage1.explore.reflect_every must be >= 0"),
+             ({"eval": {"temperature": -1}}, "eval.temperature must be > 0"),
+             ({"stage2": {"sft": {"batch_size": 0}}}, "stage2.sft.batch_size must be >= 1"),
+             ({"stage2": {"sft": {"learning_rate": -1}}}, "stage2.sft.learning_rate must be > 0"),
+             ({"stage2": {"sft": {"learning_rate": float("nan")}}}, "stage2.sft.learning_rate must be finite"),
+             ({"base": {"sft": {"learning_rate": float("inf")}}}, "base.sft.learning_rate must be finite"),
+             ({"baselines": {"early_experience": {"wm_fraction": 2}}},
+              "baselines.early_experience.wm_fraction must be <= 1, got 2"),
+             ({"baselines": {"grpo": {"group_size": 1}}}, "baselines.grpo.group_size must be >= 2"),
+             ({"stage1": {"explore": {"use_mask": 1}}}, "use_mask must be true or false"),
+             ({"experiment": {"preset": "9x9"}}, r"experiment.preset must be one of .*'9x9'"),
+             ({"stage2": {"variants": ["leafe"]}, "stage1": {"strategies": ["independent"]}},
+              "stage1.strategies must include 'rollback'")]
+    for d, msg in cases:
+        with pytest.raises(ValueError, match=msg):
+            C.from_dict(d)
     bad = tmp_path / "bad.toml"
     bad.write_text("[base\nsteps = 3")
     with pytest.raises(ValueError, match="not valid TOML"):
         C.load(str(bad))
     with pytest.raises(FileNotFoundError, match="no pipeline config"):
         C.load(str(tmp_path / "missing.toml"))
-    cfg = C.load(os.path.join(os.path.dirname(__file__), "..", "experiments", "leafe_small.toml"),
-                 ["pipeline.seed=2", "stage1.budget=4"])
-    assert cfg.pipeline.seed == 2 and cfg.stage1.budget == 4 and cfg == C.from_dict(
-        {"pipeline": {"seed": 2}, "stage1": {"budget": 4}})      # the file is the default
-    cmp = C.load(os.path.join(os.path.dirname(__file__), "..", "experiments", "compare_small.toml"))
+    with pytest.raises(ValueError, match="is a directory, not a pipeline config"):
+        C.load(str(tmp_path))
+    (tmp_path / "bin.toml").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        C.load(str(tmp_path / "bin.toml"))
+    with pytest.raises(ValueError, match=r"stage1.explore.budget must be >= 1, got 0 \(in .*small"):
+        C.load(os.path.join(EXP, "leafe_small.toml"), ["stage1.explore.budget=0"])
+    # the experiment files hold only what differs from the defaults; leafe_small is the default
+    assert C.load(os.path.join(EXP, "leafe_small.toml")) == C.small() == C.PipelineConfig()
+    cfg = C.load(os.path.join(EXP, "leafe_small.toml"), ["experiment.seed=2", "stage1.explore.budget=4"])
+    assert cfg == C.from_dict({"experiment": {"seed": 2}, "stage1": {"explore": {"budget": 4}}})
+    cmp = C.load(os.path.join(EXP, "compare_small.toml"))
     assert cmp.baselines.methods == ("grpo", "early_experience") and cmp.stage1.strategies == ("rollback",)
-    with pytest.raises(ValueError, match="unknown stage1 strategies"):
-        C.from_dict({"stage1": {"strategies": ["rollback", "beam"]}})
-    big = C.load(os.path.join(os.path.dirname(__file__), "..", "experiments", "compare_tpu.toml"))
+    big = C.load(os.path.join(EXP, "compare_tpu.toml"))
+    assert big.base.sft.steps == 2000 and big.baselines.grpo.learning_rate == 1e-5
     assert check_context(big) <= 2048 and check_context(cmp) <= 1024
     with pytest.raises(ValueError, match="needs 1152 context tokens; model 'sokoban-small' holds 1024"):
-        check_context(C.from_dict({"pipeline": {"preset": "7x7_2box"}, "stage1": {"max_depth": 4}}))
-    with pytest.raises(ValueError, match="unknown baselines"):
-        C.from_dict({"baselines": {"methods": ["ppo"]}})
+        check_context(C.from_dict({"experiment": {"preset": "7x7_2box"},
+                                   "stage1": {"explore": {"max_depth": 4}}}))
+
+
+def test_overrides_are_applied_as_given_also_over_tiny():
+    """--set values equal to the *small* default used to be dropped under --tiny."""
+    small = C.small()
+    for key, value, get in (("stage1.explore.budget", small.stage1.explore.budget, lambda c: c.stage1.explore.budget),
+                            ("eval.n", small.eval.n, lambda c: c.eval.n),
+                            ("base.sft.steps", small.base.sft.steps, lambda c: c.base.sft.steps)):
+        cfg = C.load(None, [f"{key}={value}"], base=C.tiny())
+        assert get(cfg) == value != get(C.tiny())
+    assert C.load(None, ["stage1.strategies=['rollback']"], base=C.tiny()).stage1.strategies == ("rollback",)
+    with pytest.raises(ValueError, match="is not section.key=value"):
+        C.load(None, ["budget=3"])
 
 
 @pytest.mark.slow
-def test_tiny_pipeline_end_to_end(tmp_path):
-    from leafe_jax.cli.evaluate import load_policy
-    from leafe_jax.data.store import sft_counts, sft_source
-    from leafe_jax.leafe.pipeline import run_pipeline
-
+def test_tiny_pipeline_end_to_end_pinned(tmp_path):
+    """The tiny run and its comparison extension give bit-identical trees, datasets, success
+    matrices and Pass@k to the pre-redesign code (commit 654d837; tests/data/ holds its
+    fingerprints); then resumption, refusals and artefacts."""
     wd = str(tmp_path / "run")
     report = run_pipeline(C.tiny(), wd, progress=False)
-    # datasets: sizes and sources as the stats say
-    for v, allowed in (("leafe", {"rehearsal", "e2p"}), ("rehearsal", {"rehearsal"})):
-        stats = json.load(open(os.path.join(wd, "data", v, "stats.json")))
-        if stats["examples"]:
-            counts = sft_counts(sft_source(os.path.join(wd, "data", v)))
-            assert set(counts) <= allowed and sum(counts.values()) == stats["examples"]
-            assert counts.get("e2p", 0) == stats["e2p"]
-    # checkpoints load
-    model, meta = load_policy(os.path.join(wd, "sft", "leafe"))
-    assert meta["step"] == C.tiny().stage2.steps
-    # Pass@k JSON: expected keys, values in [0, 1], non-decreasing in k
-    passk = json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"]
-    assert {"base", "leafe"} <= set(passk) <= {"base", "leafe", "rehearsal"}
-    for table in passk.values():
-        vals = [table[k]["mean"] for k in sorted(table, key=int)]
-        assert list(map(int, sorted(table, key=int))) == [1, 2, 4]
-        assert all(0 <= x <= 1 for x in vals) and vals == sorted(vals)
-    text = open(os.path.join(wd, "report.md")).read()
-    assert "Stage 1 at equal budget" in text and "rollback" in text and "task " in text
-    assert os.path.exists(os.path.join(wd, "eval", "passk.png"))
     timings = json.load(open(os.path.join(wd, "timings.json")))
-    assert {"base", "stage1_rollback", "eval_base", "eval_leafe"} <= set(timings)
     # resumed: every stage is skipped, nothing is recomputed
     again = run_pipeline(C.tiny(), wd, progress=False)
     assert again["timings"] == timings and again["passk"] == report["passk"]
     # a changed setting is refused by the first stage it touches, naming the setting
     with pytest.raises(ValueError, match=r"'eval/base'.*eval\.n differ"):
         run_pipeline(C.from_dict({"eval": {"n": 2}}, base=C.tiny()), wd, progress=False)
-    with pytest.raises(ValueError, match=r"'stage1/rollback'.*stage1\.budget differ"):
-        run_pipeline(C.from_dict({"stage1": {"budget": 3}}, base=C.tiny()), wd, progress=False)
-    assert np.isfinite(report["stage1"]["rollback"]["env_steps"])
-
-    # The comparison extends the same run: the BC control, GRPO and Early Experience from the
-    # same base, at LEAFE's budget; nothing already computed is redone.
-    cmp = C.from_dict({"baselines": {"methods": ["grpo", "early_experience"]},
-                       "stage1": {"strategies": ["rollback", "rollback_oracle"]},
-                       "stage2": {"variants": ["leafe", "rehearsal", "bc"]}}, base=C.tiny())
+    with pytest.raises(ValueError, match=r"'stage1/rollback'.*explore\.budget differ"):
+        run_pipeline(C.from_dict({"stage1": {"explore": {"budget": 3}}}, base=C.tiny()), wd, progress=False)
+    # the comparison extends the same run; nothing already computed is redone
+    cmp = C.from_dict(COMPARISON, base=C.tiny())
     run_pipeline(cmp, wd, progress=False)
-    passk2 = json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"]
-    assert {"base", "leafe", "grpo", "early-experience", "bc-control"} <= set(passk2)
-    assert all(passk2[m] == passk[m] for m in passk)          # the same models, not re-sampled
     t2 = json.load(open(os.path.join(wd, "timings.json")))
-    assert all(t2[k] == timings[k] for k in timings)          # no earlier stage ran again
-    assert {"sft_bc", "grpo", "early_experience", "eval_grpo"} <= set(t2)
-    model, meta = load_policy(os.path.join(wd, "sft", "bc"))
-    assert meta["step"] == cmp.stage2.steps
-    target = json.load(open(os.path.join(wd, "stage1", "rollback", "stats.json")))["env_steps"]
-    g = json.load(open(os.path.join(wd, "baselines", "grpo", "budget.json")))
+    assert all(t2[k] == timings[k] for k in timings)
+    assert {"sft_bc", "grpo", "early_experience", "eval_grpo", "stage1_rollback_oracle"} <= set(t2)
+
+    with open(PINNED) as fh:
+        assert fingerprint(wd) == json.load(fh)
+
+    stats = json.load(open(os.path.join(wd, "data", "leafe", "stats.json")))
+    assert stats["successful_roots"] > 0 and stats["successful_branches"] > 0 and stats["e2p"] > 0
+    model, meta = load_policy(os.path.join(wd, "sft", "leafe"))
+    assert meta["step"] == C.tiny().stage2.sft.steps
+    text = open(os.path.join(wd, "report.md")).read()
+    assert "Stage 1 at equal budget" in text and "| rollback_oracle |" in text and "task " in text
+    assert "Interaction budgets" in text and os.path.exists(os.path.join(wd, "eval", "passk.png"))
     e = json.load(open(os.path.join(wd, "baselines", "early_experience", "budget.json")))
-    assert g["target_env_steps"] == target == e["target_env_steps"]
-    assert g["env_steps"] > 0 and e["env_steps"] >= min(target, e["examples"]) > 0
-    # Early Experience gets the same number of update steps as the other fine-tunings
-    assert e["wm_steps"] + e["imitation_steps"] == cmp.stage2.steps
-    report2 = open(os.path.join(wd, "report.md")).read()
-    assert "Interaction budgets" in report2 and "| rollback_oracle |" in report2
-    oracle = json.load(open(os.path.join(wd, "stage1", "rollback_oracle", "stats.json")))
-    assert oracle["env_steps"] > 0 and len(oracle["solved_within_k"]) == cmp.stage1.budget
-    # a baseline setting changed after the fact is refused too
-    with pytest.raises(ValueError, match=r"'baselines/grpo'.*grpo_lr differ"):
-        run_pipeline(C.from_dict({"baselines": {"grpo_lr": 1.0}}, base=cmp), wd, progress=False)
+    assert e["wm_steps"] + e["imitation_steps"] == cmp.stage2.sft.steps
+    with pytest.raises(ValueError, match=r"'baselines/grpo'.*grpo\.learning_rate differ"):
+        run_pipeline(C.from_dict({"baselines": {"grpo": {"learning_rate": 1.0}}}, base=cmp), wd,
+                     progress=False)
+    # `leafe evaluate` on the pipeline's base reproduces the pipeline's numbers exactly: the same
+    # held-out levels and sampling keys for the same seed and pool sizes
+    t = C.tiny()
+    assert main(["evaluate", os.path.join(wd, "base"), "--levels", str(t.eval.levels), "--n", str(t.eval.n),
+                 "--demo-levels", str(t.base.demo_levels), "--train-levels", str(t.stage1.train_levels),
+                 "--out", str(tmp_path / "ev")]) == 0
+    ours = json.load(open(tmp_path / "ev" / "passk.json"))["passk"]["base"]
+    assert ours == json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"]["base"]
+    # ... and it points at the run's policies when given the run itself
+    assert main(["evaluate", wd, "--out", str(tmp_path / "ev2")]) == 2
 
 
 def test_stage_markers_record_their_inputs(tmp_path):
-    """A stage is reused only with equal inputs; older markers (no inputs) and stages made with
-    an earlier level generator are refused by name, and left as they were."""
-    from leafe_jax.leafe import pipeline as P
-
+    """A stage is reused only with equal inputs; markers of the old layout, stages made with
+    an earlier level generator and unreadable markers are refused by name, and left as they were."""
     cfg = C.tiny()
-    st = P._Stages(str(tmp_path), cfg)
+    st = S.Stages(str(tmp_path), cfg)
     assert not st.done("base")
     st.mark("base")
     assert st.done("base")
-    assert json.loads((tmp_path / "base" / "DONE").read_text())["inputs"]["base"]["steps"] == 2
-    with pytest.raises(ValueError, match=r"'base'.*base\.steps differ"):
-        P._Stages(str(tmp_path), C.from_dict({"base": {"steps": 7}}, base=cfg)).done("base")
+    assert json.loads((tmp_path / "base" / "DONE").read_text())["inputs"]["base"]["sft"]["steps"] == 40
+    with pytest.raises(ValueError, match=r"'base'.*base\.sft\.steps differ"):
+        S.Stages(str(tmp_path), C.from_dict({"base": {"sft": {"steps": 7}}}, base=cfg)).done("base")
     done = tmp_path / "base" / "DONE"
     old = json.loads(done.read_text())
     old["inputs"]["generator_version"] = 1
     done.write_text(json.dumps(old))
     with pytest.raises(ValueError, match="level generator of an earlier version"):
         st.done("base")
-    done.write_text("{}")
-    with pytest.raises(ValueError, match="before stages recorded their inputs"):
+    for text in ('{"inputs": {"preset": "6x6_2box"}}', "{}"):
+        done.write_text(text)
+        with pytest.raises(ValueError, match=r"earlier layout of leafe_jax \(\[pipeline\] became \[experiment\]"):
+            st.done("base")
+        assert done.read_text() == text                                  # left as it was
+    done.write_text("")
+    with pytest.raises(ValueError, match=r"base/DONE is unreadable"):
         st.done("base")
-    assert done.read_text() == "{}"                                      # left as it was
+    (tmp_path / "timings.json").write_text('{"base": 1')
+    with pytest.raises(ValueError, match=r"timings.json is unreadable"):
+        S.Stages(str(tmp_path), cfg)
     # what each stage depends on: a later stage's setting does not touch an earlier stage
-    assert P._inputs(cfg, "stage1/rollback") == P._inputs(
-        C.from_dict({"stage2": {"lr": 1.0}, "eval": {"n": 2}, "stage1": {"strategies": ["rollback"]}},
-                    base=cfg), "stage1/rollback")
-    assert P._inputs(cfg, "sft/leafe") != P._inputs(C.from_dict({"stage1": {"budget": 3}}, base=cfg),
-                                                    "sft/leafe")
+    later = C.from_dict({"stage2": {"sft": {"learning_rate": 1.0}}, "eval": {"n": 2},
+                         "stage1": {"strategies": ["rollback"]}}, base=cfg)
+    assert S.inputs(cfg, "stage1/rollback") == S.inputs(later, "stage1/rollback")
+    assert S.inputs(cfg, "sft/leafe") != S.inputs(C.from_dict({"stage1": {"explore": {"budget": 3}}}, base=cfg),
+                                                  "sft/leafe")
+    assert S.model_stage("bc-control") == "sft/bc" and S.model_stage("early-experience") == \
+        "baselines/early_experience"
+
+
+def test_bookkeeping_writes_are_atomic_and_the_workdir_is_locked(tmp_path, monkeypatch):
+    S.write_json(str(tmp_path / "a.json"), {"x": 1})
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(json, "dump", boom)
+    with pytest.raises(OSError):
+        S.write_json(str(tmp_path / "a.json"), {"x": 2})
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "a.json").read_text()) == {"x": 1}     # the old file intact
+    with S.WorkdirLock(str(tmp_path)):
+        with pytest.raises(S.WorkdirBusy, match="in use by another leafe pipeline run"):
+            with S.WorkdirLock(str(tmp_path)):
+                pass
+    with S.WorkdirLock(str(tmp_path)):         # released: a later run takes it
+        pass
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    from leafe_jax.pipeline import run as R
+
+    assert main(["pipeline", str(tmp_path), "--workdir", str(tmp_path / "w")]) == 2
+    assert "is a directory, not a pipeline config" in capsys.readouterr().err
+    assert main(["pipeline", "--tiny", "--set", "stage1.explore.budget=0", "--workdir", str(tmp_path / "w")]) == 2
+    assert "stage1.explore.budget must be >= 1" in capsys.readouterr().err
+
+    def full(*a, **k):
+        raise OSError(28, "No space left on device", str(tmp_path / "w" / "base"))
+    monkeypatch.setattr(R, "_run", full)
+    assert main(["pipeline", "--tiny", "--workdir", str(tmp_path / "w")]) == 2
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"leafe: error: No space left on device: {tmp_path / 'w' / 'base'}"]
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    monkeypatch.setattr(os, "makedirs", lambda *a, **k: (_ for _ in ()).throw(
+        PermissionError(13, "Permission denied", str(ro / "w"))))
+    assert main(["pipeline", "--tiny", "--workdir", str(ro / "w")]) == 2
+    assert capsys.readouterr().err.strip() == f"leafe: error: Permission denied: {ro / 'w'}"
 
 
 def test_a_preempted_stage_is_not_marked_done(tmp_path, monkeypatch):
-    from leafe_jax.agent import pretrain
-    from leafe_jax.leafe.pipeline import run_pipeline
+    from leafe_jax.pipeline import runners
     from leafe_jax.train.loop import Preempted
 
     def preempted(*a, **k):
         raise Preempted("SIGTERM: stopped after step 1")
-    monkeypatch.setattr(pretrain, "pretrain_base_policy", preempted)
+    monkeypatch.setattr(runners, "pretrain_base_policy", preempted)
     with pytest.raises(Preempted):
         run_pipeline(C.tiny(), str(tmp_path), progress=False)
     assert not (tmp_path / "base" / "DONE").exists()

@@ -150,10 +150,42 @@ def test_corrupt_latest_checkpoint_stops_the_loop_and_is_left_alone(tmp_path):
             fh.write(b"garbage")
     before = sorted(os.listdir(tmp_path / "checkpoints"))
     m2, o2 = fresh()
-    with pytest.raises(ValueError, match="step 2 .* does not match this model or is corrupt"):
+    with pytest.raises(ValueError, match="checkpoint step 2 in .* is corrupt or does not match this model"):
         train_loop(m2, o2, batch, LoopConfig(num_steps=4, log_every=1, ckpt_every=1, progress=False),
                    tmp_path)
     assert sorted(os.listdir(tmp_path / "checkpoints")) == before
+
+
+def _corrupt(step_dir):
+    import glob
+    files = [f for f in glob.glob(str(step_dir / "params" / "**" / "d" / "*"), recursive=True)
+             if os.path.isfile(f)]
+    assert files
+    for f in files:
+        with open(f, "wb") as fh:
+            fh.write(b"garbage")
+
+
+def test_resume_falls_back_to_the_last_intact_step(tmp_path):
+    """A truncated latest step: resume warns, keeps it aside, restarts from the step before,
+    and ends with the same weights as an uninterrupted run."""
+    from leafe_jax.train.checkpoint import load_policy
+    cfg = LoopConfig(num_steps=2, log_every=1, ckpt_every=1, progress=False)
+    m, o = fresh()
+    train_loop(m, o, batch, cfg, tmp_path / "a", meta={"model": CFG.to_dict()})
+    ref, ro = fresh()
+    train_loop(ref, ro, batch, LoopConfig(num_steps=3, log_every=1, ckpt_every=1, progress=False),
+               tmp_path / "ref")
+    _corrupt(tmp_path / "a" / "checkpoints" / "2")
+    with pytest.raises(ValueError, match="checkpoint step 2 in .*a/checkpoints is corrupt"):
+        load_policy(str(tmp_path / "a"))
+    m2, o2 = fresh()
+    with pytest.warns(UserWarning, match="step 2 .* is corrupt .* resuming from step 1"):
+        train_loop(m2, o2, batch, LoopConfig(num_steps=3, log_every=1, ckpt_every=1, progress=False),
+                   tmp_path / "a", meta={"model": CFG.to_dict()})
+    assert (tmp_path / "a" / "checkpoints" / "2.corrupt").is_dir()       # kept, not deleted
+    jax.tree.map(lambda x, y: np.testing.assert_array_equal(x, y), params_of(ref), params_of(m2))
+    assert load_policy(str(tmp_path / "a"))[1]["step"] == 3
 
 
 def test_export_params_only(tmp_path):

@@ -15,9 +15,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leafe_jax.agent import encoding as E
+from leafe_jax.configs import config, field
 from leafe_jax.data.store import SftRecords
 from leafe_jax.envs.sokoban.replay import replay
+from leafe_jax.interfaces.symbolic import encoding as E
+
+
+@config
+class EarlyExperienceConfig:
+    alternatives: int = field(3, lo=1, doc="alternative actions per demonstration state")
+    wm_fraction: float = field(0.5, lo=0, hi=1, doc="share of the update steps on world modelling")
+    demo_levels: int = field(200, lo=1, doc="demonstration levels (when the budget is not matched)")
+    learning_rate: float = field(3e-4, lo=0, lo_open=True)
 
 
 def _alternatives(env, params, level, actions_T):

@@ -15,34 +15,32 @@ Defaults as tunix's GRPO: beta 0.04, eps 0.2 (``eps_high`` = eps unless set).
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leafe_jax.agent import encoding as E
+from leafe_jax.configs import config, field
+from leafe_jax.interfaces.symbolic.rollout import rollout
+from leafe_jax.train.loop import LoopConfig, train_loop
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@config
 class GRPOConfig:
-    tasks_per_step: int = 16      # tasks per rollout batch
-    group_size: int = 8           # G rollouts per task
-    beta: float = 0.04            # KL coefficient
-    eps: float = 0.2              # clip range (low)
-    eps_high: float | None = None  # clip range (high; None = eps)
-    epochs: int = 1               # passes over each rollout batch
-    minibatches: int = 2          # optimiser steps per pass
-    shaped: float = 0.0           # weight of the env's shaped return added to the 0/1 reward
-    temperature: float = 1.0
-    adv_eps: float = 1e-6
+    tasks_per_step: int = field(16, lo=1, doc="tasks per rollout batch")
+    group_size: int = field(8, lo=2, doc="G rollouts per task (advantages are relative to the group)")
+    beta: float = field(0.04, lo=0, doc="KL coefficient")
+    eps: float = field(0.2, lo=0, lo_open=True, doc="clip range (low)")
+    eps_high: float | None = field(None, lo=0, lo_open=True, doc="clip range (high; None = eps)")
+    epochs: int = field(1, lo=1, doc="passes over each rollout batch")
+    minibatches: int = field(2, lo=1, doc="optimiser steps per pass")
+    shaped: float = field(0.0, lo=0, doc="weight of the env's shaped return added to the 0/1 reward")
+    temperature: float = field(1.0, lo=0, lo_open=True)
+    adv_eps: float = field(1e-6, lo=0, lo_open=True)
+    steps: int = field(20, lo=1, doc="rollout batches (when the budget is not matched)")
+    learning_rate: float = field(1e-4, lo=0, lo_open=True)
 
     def __post_init__(self):
-        if self.group_size < 2:
-            raise ValueError("GRPO needs group_size >= 2 (advantages are relative to the group)")
-        if self.tasks_per_step < 1 or self.epochs < 1 or self.minibatches < 1:
-            raise ValueError(f"invalid GRPO config {self}")
         if (self.tasks_per_step * self.group_size) % self.minibatches:
             raise ValueError("tasks_per_step x group_size must split into minibatches")
 
@@ -127,8 +125,6 @@ def grpo_update(model, optimizer, batch, *, eps: float, eps_high: float, beta: f
 def rollout_batch(model, ref, env, params, levels, step: int, key, cfg: GRPOConfig):
     """One on-policy batch: ``tasks_per_step`` tasks (cycling through ``levels``) x G rollouts,
     with rewards, group advantages, old and reference log-probs, and action-token masks."""
-    from leafe_jax.agent.rollout import rollout
-
     n = int(np.shape(levels.player)[0])
     N, G = cfg.tasks_per_step, cfg.group_size
     task = (np.arange(N) + step * N) % n
@@ -157,8 +153,6 @@ def train_grpo(model, ref, env, params, levels, cfg: GRPOConfig, optimizer, step
                ckpt_every: int = 10) -> dict:
     """GRPO on ``levels`` for ``steps`` rollout batches, in the shared ``train_loop`` (resume,
     checkpoints, metrics, NaN stop, SIGTERM); ``ref`` stays frozen."""
-    from leafe_jax.train.loop import LoopConfig, train_loop
-
     key = jax.random.key(0) if key is None else key
     eps_high = cfg.eps if cfg.eps_high is None else cfg.eps_high
     spent = {"env_steps": 0}
@@ -180,9 +174,3 @@ def train_grpo(model, ref, env, params, levels, cfg: GRPOConfig, optimizer, step
                        workdir, meta=meta, step_fn=step_fn, place=False)
     return final | {"env_steps_this_run": spent["env_steps"]}
 
-
-def action_mask_from(traj) -> jax.Array:
-    """[B, S] loss mask of a rollout's action tokens (for the trainer's objective)."""
-    B, S = traj.tokens.shape
-    return jnp.zeros((B, S), bool).at[jnp.arange(B)[:, None], traj.action_pos.T].set(
-        traj.active.T, mode="drop") & (traj.tokens >= E.ACT0) & (traj.tokens < E.ACT0 + 4)

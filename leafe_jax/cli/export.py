@@ -16,9 +16,8 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from leafe_jax.cli.evaluate import load_policy
     from leafe_jax.policy.hf import save_hf
-    from leafe_jax.train.checkpoint import Checkpointer
+    from leafe_jax.train.checkpoint import Checkpointer, load_policy
 
     if os.path.exists(args.out):
         raise FileExistsError(f"{args.out} exists; refusing to overwrite")

@@ -35,10 +35,18 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(e, Preempted):
             print(f"leafe: {e}", file=sys.stderr)
             return 143
-        if not isinstance(e, (ValueError, FileNotFoundError, FileExistsError, KeyError)):
+        # Errors of the user's making (bad config, missing or corrupt files, a full or
+        # read-only disk, a busy work directory): one line, no traceback.
+        if not isinstance(e, (ValueError, KeyError, OSError, FloatingPointError)):
             raise
-        print(f"leafe: error: {e}", file=sys.stderr)
+        print(f"leafe: error: {_one_line(e)}", file=sys.stderr)
         return 2
+
+
+def _one_line(e: BaseException) -> str:
+    if isinstance(e, OSError) and e.errno is not None and e.filename:
+        return f"{e.strerror}: {e.filename}"
+    return str(e) if not isinstance(e, KeyError) else f"{e.args[0]}"
 
 
 if __name__ == "__main__":

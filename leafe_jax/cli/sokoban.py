@@ -108,7 +108,7 @@ def _render(args) -> int:
 def _generate(args) -> int:
     import jax
 
-    from leafe_jax.envs.sokoban import get_preset, generate_levels, write_boxoban
+    from leafe_jax.envs.sokoban import ACTION_LETTERS, get_preset, generate_levels, write_boxoban
 
     preset = get_preset(args.preset)
     t0 = time.perf_counter()
@@ -116,7 +116,7 @@ def _generate(args) -> int:
     jax.block_until_ready(g)
     dt = time.perf_counter() - t0
     write_boxoban(args.out, g.level, preset.height, preset.width)
-    sols = ["".join("UDLR"[a] for a in row[: int(n)]) for row, n in
+    sols = ["".join(ACTION_LETTERS[a] for a in row[: int(n)]) for row, n in
             zip(np.asarray(g.solution), np.asarray(g.solution_len))]
     with open(args.out + ".solutions.json", "w") as fh:
         json.dump({"preset": preset.name, "seed": args.seed, "solutions": sols}, fh)

@@ -1,10 +1,8 @@
 """Pass@k evaluation: n on-device rollouts per held-out level, then a k = 1..n sweep.
 
-``sample_success`` runs ``levels x n`` episodes of the policy in fixed-size chunks (the
-last one padded, so one compilation serves all) and returns ``success[levels, n]``. The
-default chunk of 128 episodes is the fastest per episode on a 2-core CPU: at 1024 the
-attention scores of a turn (~255 MB per layer) no longer fit in cache (measured 2.2x slower
-per token).
+``sample_success`` runs ``levels x n`` episodes of the symbolic policy (through its agent
+interface's ``success``) and returns ``success[levels, n]``; any other agent interface is
+evaluated the same way. ``eval_key`` is the one sampling key per experiment seed.
 ``write_sweep`` turns any number of named success arrays into ``passk.json``, a Markdown
 table and a Pass@k curve plot.
 """
@@ -15,39 +13,35 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
-from leafe_jax.agent.rollout import rollout
+from leafe_jax.configs import config, field
 from leafe_jax.envs.sokoban.level import Level
 from leafe_jax.eval.passk import pass_at_k_table
+from leafe_jax.interfaces.symbolic.interface import SymbolicSokoban
+
+
+@config
+class EvalConfig:
+    levels: int = field(50, lo=1, doc="held-out levels")
+    n: int = field(128, lo=1, doc="samples per level")
+    temperature: float = field(1.0, lo=0, lo_open=True)
+
+
+EVAL_KEY_OFFSET = 2000
+
+
+def eval_key(seed: int):
+    """The sampling key of every Pass@k evaluation made with experiment seed ``seed`` (the
+    pipeline and ``leafe evaluate`` alike, so their numbers are comparable)."""
+    return jax.random.key(seed + EVAL_KEY_OFFSET)
 
 
 def sample_success(model, env, params, levels: Level, n: int, key, *, temperature: float = 1.0,
                    batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    """``success[L, n]`` (bool) of ``n`` sampled episodes per level."""
-    L = int(np.shape(levels.player)[0])
-    if L == 0:
-        raise ValueError("empty level set: nothing to evaluate")
-    if n < 1:
-        raise ValueError(f"n must be >= 1, got {n}")
-    total = L * n
-    batch = min(batch_size, total)
-    level_idx = np.repeat(np.arange(L), n)
-    episode_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
-    reset = jax.jit(jax.vmap(env.reset_to_level, in_axes=(0, None)))
-    out = np.zeros(total, bool)
-    chunks = range(0, total, batch)
-    for start in tqdm(chunks, desc="pass@k rollouts", disable=not progress, unit="chunk"):
-        idx = np.arange(start, start + batch) % total          # pad the last chunk
-        lv = jax.tree.map(lambda x: jnp.asarray(x)[level_idx[idx]], levels)
-        _, states = reset(lv, params)
-        traj = rollout(model, env, params, states, episode_keys[idx],
-                       num_steps=int(params.max_steps_in_episode), temperature=temperature)
-        keep = idx[: min(batch, total - start)]
-        out[keep] = np.asarray(traj.solved)[: len(keep)]
-    return out.reshape(L, n)
+    """``success[L, n]`` (bool) of ``n`` sampled episodes per level of the symbolic agent."""
+    return SymbolicSokoban(env, params).success(model, levels, n, key, temperature=temperature,
+                                                progress=progress, batch_size=batch_size)
 
 
 def write_sweep(results: dict[str, np.ndarray], out_dir: str, *, ks=None, title: str = "") -> dict:

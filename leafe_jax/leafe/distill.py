@@ -16,34 +16,28 @@ roots), ``source``.
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 
-from leafe_jax.agent import encoding as E
+from leafe_jax.configs import config, field
 from leafe_jax.data.store import SftRecords
-from leafe_jax.leafe.episode import strip_experience
-from leafe_jax.leafe.explore import Tree
+from leafe_jax.leafe.tree import NO_ROLLBACK, Tree
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@config
 class DistillConfig:
-    rehearsal: bool = True
-    e2p: bool = True
     e2p_suffix: bool = False      # distil a'_tau and the rest of the branch, not a'_tau alone
-    beta: float = 1.0             # weight of rehearsal examples (L = L_e2p + beta L_reh)
+    beta: float = field(1.0, lo=0, doc="weight of rehearsal examples (L = L_e2p + beta L_reh)")
     dedupe: bool = True
 
-    def __post_init__(self):
-        if not (self.rehearsal or self.e2p):
-            raise ValueError("a Stage-2 dataset needs rehearsal, e2p, or both")
-        if self.beta < 0:
-            raise ValueError(f"beta must be >= 0, got {self.beta}")
 
-
-def stage2_examples(tree: Tree, cfg: DistillConfig, task_ids=None) -> tuple[SftRecords | None, dict]:
-    """Examples from every successful rollout of ``tree``; ``(records or None, stats)``."""
+def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: bool = True,
+                    e2p: bool = True, task_ids=None) -> tuple[SftRecords | None, dict]:
+    """Examples from every successful rollout of ``tree``, each encoded by the agent
+    interface (``sft_example``: experience removed, loss on the chosen actions);
+    ``(records or None, stats)``."""
+    if not (rehearsal or e2p):
+        raise ValueError("a Stage-2 dataset needs rehearsal, e2p, or both")
     ep = jax.tree.map(np.asarray, tree.episodes)
     B, N = tree.valid.shape
     task_ids = np.arange(B) if task_ids is None else np.asarray(task_ids)
@@ -52,7 +46,8 @@ def stage2_examples(tree: Tree, cfg: DistillConfig, task_ids=None) -> tuple[SftR
     stats = {"successful_roots": 0, "successful_branches": 0, "rehearsal": 0, "e2p": 0,
              "duplicates": 0}
 
-    def add(t, m, source, w, b, s):
+    def add(example, source, w, b, s):
+        t, m = example
         if cfg.dedupe:
             key = (t.tobytes(), m.tobytes())
             if key in seen:
@@ -64,27 +59,19 @@ def stage2_examples(tree: Tree, cfg: DistillConfig, task_ids=None) -> tuple[SftR
         stats[source] += 1
 
     for b, n in zip(*np.nonzero(tree.valid & tree.solved)):
-        L, n_act = int(ep.token_len[b, n]), int(ep.num_steps[b, n])
-        kept, idx = strip_experience(ep.tokens[b, n], L)
-        pos = np.searchsorted(idx, ep.action_pos[b, n, :n_act])      # action t in ``kept``
-        if not np.array_equal(idx[pos], ep.action_pos[b, n, :n_act]):
-            raise AssertionError("an action token sits inside an experience segment")
+        one = jax.tree.map(lambda x: x[b, n], ep)
+        n_act = int(one.num_steps)
         tau = int(tree.tau[b, n])
-        branch = tau >= 0
+        branch = tau != NO_ROLLBACK
         stats["successful_branches" if branch else "successful_roots"] += 1
-        if cfg.rehearsal:
+        if rehearsal:
             first = tau + 1 if branch else 0
             if first < n_act:
-                m = np.zeros(L, bool)[: pos[-1] + 1]
-                m[pos[first:]] = True
-                add(kept[: pos[-1] + 1], m, "rehearsal", cfg.beta, b, tau)
-        if cfg.e2p and branch:
+                add(interface.sft_example(one, first, n_act - 1), "rehearsal", cfg.beta, b, tau)
+        if e2p and branch:
             last = n_act - 1 if cfg.e2p_suffix else tau
-            m = np.zeros(pos[last] + 1, bool)
-            m[pos[tau: last + 1]] = True
-            add(kept[: pos[last] + 1], m, "e2p", 1.0, b, tau)
+            add(interface.sft_example(one, tau, last), "e2p", 1.0, b, tau)
     if not toks:
         return None, stats
-    assert all(not (t == E.EXP).any() for t in toks)
     return SftRecords.build(toks, masks, source=src, weight=np.asarray(weight, np.float32),
                             task_id=np.asarray(tid), step=np.asarray(step)), stats

@@ -1,103 +1,48 @@
 """Stage 1: reflective rollback trees, and the two alternatives at equal budget.
 
-``explore(policy, env, params, levels, key, cfg)`` runs, for B tasks at once:
+``explore(interface, policy, tasks, key, cfg, strategy)`` searches B tasks at once through
+an agent interface (``interfaces.protocol``); every strategy is an entry of ``STRATEGIES``:
 
 * ``rollback`` (LEAFE): a root rollout per task; each round, the failed nodes of the last
   round (depth < D) are reflected on (batched), each yields up to M children (distinct tau
-  candidates); a child starts from the parent's env state at tau (a gather), re-prefills
-  the parent's context before turn tau plus the experience, samples a'_tau and continues.
-  Children are taken breadth-first until each task has spent K rollouts (root included).
-  All tasks' children of a round run as one batched on-device rollout.
+  candidates); a child restarts from the parent's step tau with the experience in its
+  context, samples a'_tau and continues. Children are taken breadth-first until each task
+  has spent K rollouts (root included). All tasks' children of a round are one batched call.
 * ``independent``: K fresh rollouts per task.
 * ``refine``: K attempts from the start; attempt k+1 carries the reflection on attempt k's
-  failure as an experience right after BOS ("a later state to avoid").
+  failure as an experience before the first turn ("a later state to avoid").
+* ablations of rollback: ``rollback_oracle`` (the interface's exact ``oracle`` reflector, an
+  upper bound), ``rollback_mask`` (experience + forbidden-action mask at tau),
+  ``rollback_mask_only`` (the mask without the experience).
 
-The result is a ``Tree`` of fixed-size arrays ``[B, N = K]`` (unused slots ``valid = False``),
-whose ``episodes`` are whole-episode records (``Episode``) of every rollout. ``order`` is
-the rollout's index in its task's budget, so "solved within k" reads off the tree for every
-strategy. Env steps and policy tokens are counted per node.
+The result is a ``tree.Tree`` of ``[B, N = K]`` arrays. ``order`` is the rollout's index in
+its task's budget, so "solved within k" reads off the tree for every strategy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from tqdm.auto import tqdm
 
-from leafe_jax.agent import encoding as E
-from leafe_jax.agent.rollout import cache_size_for, rollout
-from leafe_jax.leafe.episode import Episode, branch_inputs, from_trajectory, stitch
-from leafe_jax.leafe.reflect import feedback_reflect
-
-STRATEGIES = ("rollback", "independent", "refine")
+from leafe_jax.configs import config, field
+from leafe_jax.interfaces.protocol import FEEDBACK_REFLECTOR, Rollouts
+from leafe_jax.leafe.tree import NO_PARENT, NO_ROLLBACK, Tree
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
+@config
 class ExploreConfig:
-    strategy: str = "rollback"
-    budget: int = 8               # K: rollouts per task, root included
-    max_depth: int = 3            # D: nested rollbacks
-    children: int = 2             # M: children per failed node
-    use_experience: bool = True   # ablation: experience in context at tau
-    use_mask: bool = False        # ablation: forbid the original action at tau
-    reflect_every: int = 0        # R: also reflect on every R-step window (0: only on failure)
-    temperature: float = 1.0
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"unknown Stage-1 strategy {self.strategy!r}; known: {STRATEGIES}")
-        for f in ("budget", "max_depth", "children"):
-            if getattr(self, f) <= 0:
-                raise ValueError(f"{f} must be > 0, got {getattr(self, f)}")
-        if self.reflect_every < 0:
-            raise ValueError(f"reflect_every must be >= 0, got {self.reflect_every}")
-        if not (self.use_experience or self.use_mask) and self.strategy == "rollback":
-            raise ValueError("rollback needs the experience, the mask, or both")
-
-
-class Tree(NamedTuple):
-    valid: np.ndarray        # bool [B, N]
-    parent: np.ndarray       # int32 [B, N]  (-1 for roots)
-    depth: np.ndarray        # int32 [B, N]
-    order: np.ndarray        # int32 [B, N]  rollout index within the task's budget
-    tau: np.ndarray          # int32 [B, N]  branch point (-1 for roots)
-    reason: np.ndarray       # int32 [B, N]  reason token of the experience that made the node
-    experience: np.ndarray   # int32 [B, N, EXP_LEN]
-    forbidden: np.ndarray    # bool [B, N, 4]
-    solved: np.ndarray       # bool [B, N]
-    env_steps: np.ndarray    # int32 [B, N]  steps this rollout took itself
-    tokens: np.ndarray       # int32 [B, N]  tokens the policy processed (prefill + turns)
-    episodes: Episode        # [B, N, ...] whole-episode records (device arrays)
-
-
-def solved_within(tree: Tree) -> np.ndarray:
-    """bool [B, K]: task solved by one of its first k+1 rollouts."""
-    K = tree.valid.shape[1]
-    hit = np.zeros(tree.valid.shape, bool)
-    b, n = np.nonzero(tree.valid & tree.solved)
-    hit[b, tree.order[b, n]] = True
-    return np.logical_or.accumulate(hit, axis=1)[:, :K]
-
-
-def tree_stats(tree: Tree) -> dict:
-    v = tree.valid
-    br = v & (tree.tau >= 0)                      # rollback branches (not roots or retries)
-    kids = (tree.parent[:, None, :] == np.arange(v.shape[1])[None, :, None]) & br[:, None, :]
-    return {"tasks": int(v.shape[0]), "rollouts": int(v.sum()),
-            "branches_per_task": float(br.sum(1).mean()),
-            "max_depth_reached": int(tree.depth[v].max(initial=0)),
-            "mean_depth": float(tree.depth[v].mean()) if v.any() else 0.0,
-            "successful_branches": int((br & tree.solved).sum()),
-            "branch_success_rate": float((br & tree.solved).sum() / max(1, br.sum())),
-            "root_success_rate": float(tree.solved[:, 0].mean()),
-            "solved_within_K": float(solved_within(tree)[:, -1].mean()),
-            "env_steps": int(tree.env_steps[v].sum()), "tokens": int(tree.tokens[v].sum()),
-            "children_per_expanded_node": float(kids.sum(2)[kids.sum(2) > 0].mean())
-            if kids.any() else 0.0}
+    budget: int = field(8, lo=1, doc="K: rollouts per task, root included")
+    max_depth: int = field(3, lo=1, doc="D: nested rollbacks")
+    children: int = field(2, lo=1, doc="M: children per failed node")
+    use_experience: bool = True    # ablation: experience in context at tau
+    use_mask: bool = False         # ablation: forbid the original action at tau
+    reflect_every: int = field(0, lo=0, doc="R: also reflect every R steps (0: on failure only)")
+    temperature: float = field(1.0, lo=0, lo_open=True)
 
 
 def _rank_within(task: np.ndarray) -> np.ndarray:
@@ -105,186 +50,173 @@ def _rank_within(task: np.ndarray) -> np.ndarray:
     return np.arange(len(task)) - np.searchsorted(task, task)
 
 
-def _bucket(n: int) -> int:
-    return max(8, 1 << math.ceil(math.log2(max(n, 1))))
-
-
-def _pad_rows(x, rows):
-    return jnp.concatenate([x, jnp.repeat(x[:1], rows - x.shape[0], 0)]) if rows > x.shape[0] else x
-
-
-def _gather(tree_eps: Episode, flat_idx) -> Episode:
-    return jax.tree.map(lambda x: x[flat_idx], tree_eps)
+def _rows(n: int, like):
+    return jax.tree.map(lambda x: (jnp if isinstance(x, jax.Array) else np).zeros(
+        (n,) + x.shape[1:], x.dtype), like)
 
 
 @jax.jit
-def _scatter(tree_eps: Episode, flat_idx, new: Episode) -> Episode:
-    return jax.tree.map(lambda x, y: x.at[flat_idx].set(y.astype(x.dtype)), tree_eps, new)
+def _scatter_device(store, flat_idx, new):
+    return jax.tree.map(lambda x, y: x.at[flat_idx].set(y.astype(x.dtype)), store, new)
 
 
-def explore(model, env, params, levels, key, cfg: ExploreConfig, *, reflector=None,
-            progress: bool = True) -> Tree:
-    """Stage-1 exploration of B tasks (``levels``: a batched ``Level``)."""
-    from tqdm.auto import tqdm
+def _scatter(store, flat_idx, new):
+    if all(isinstance(x, jax.Array) for x in jax.tree.leaves(store)):
+        return _scatter_device(store, jnp.asarray(flat_idx), new)
 
-    B = int(np.shape(levels.player)[0])
-    if B == 0:
-        raise ValueError("no tasks to explore")
-    K, T = cfg.budget, params.max_steps_in_episode
-    C = (env.height - 2) * (env.width - 2)
-    S = cache_size_for(env, 1 + (cfg.max_depth + 1) * E.EXP_LEN, T)
-    task_keys = jax.random.split(key, B)
-    reflect = reflector or (lambda ep: feedback_reflect(
-        ep, width=env.width, num_candidates=cfg.children, every=cfg.reflect_every))
-    _, s0 = jax.vmap(lambda lv: env.reset_to_level(lv, params))(levels)
+    def put(x, y):
+        x = np.array(x)
+        x[flat_idx] = np.asarray(y)
+        return x
+    return jax.tree.map(put, store, new)
 
-    t = {k: np.zeros((B, K), np.int32) for k in ("parent", "depth", "order", "tau", "reason",
-                                                  "env_steps", "tokens")}
-    t["parent"][:] = -1
-    t["tau"][:] = -1
-    valid = np.zeros((B, K), bool)
-    solved = np.zeros((B, K), bool)
-    experience = np.zeros((B, K, E.EXP_LEN), np.int32)
-    forbidden = np.zeros((B, K, 4), bool)
-    used = np.zeros(B, np.int32)
-    bar = tqdm(total=B * K, desc=f"stage 1 ({cfg.strategy})", disable=not progress)
 
-    def run(task, parent_eps, tau, exp, forb, start_exp=None):
-        """One batched rollout round for rows ``task`` (padded to a bucket); -> Episodes."""
-        R = len(task)
-        rows = _bucket(R)
-        idx = np.concatenate([task, np.full(rows - R, task[0])])
-        order = used[task] + _rank_within(task)           # the slot each rollout will take
-        keys = jax.vmap(jax.random.fold_in)(task_keys[idx], jnp.asarray(
-            np.concatenate([order, np.zeros(rows - R, np.int32)])))
-        if parent_eps is None:                      # from the start
-            states = jax.tree.map(lambda x: x[idx], s0)
-            if start_exp is None:
-                prefix = np.full((rows, 1), E.BOS, np.int32)
-                plen = np.ones(rows, np.int32)
-            else:
-                se = np.concatenate([start_exp, np.zeros((rows - R, E.EXP_LEN), np.int32)])
-                has = se[:, 0] == E.EXP
-                prefix = np.concatenate([np.full((rows, 1), E.BOS, np.int32), se], 1)
-                plen = np.where(has, 1 + E.EXP_LEN, 1).astype(np.int32)
-            traj = rollout(model, env, params, states, keys, num_steps=T, prefix=prefix,
-                           prefix_len=plen, temperature=cfg.temperature, cache_size=S)
-            eps = from_trajectory(traj, S)
-        else:
-            pe = jax.tree.map(lambda x: _pad_rows(x, rows), parent_eps)
-            tau_p = jnp.asarray(np.concatenate([tau, np.zeros(rows - R, np.int32)]))
-            states, prefix, plen, fb = branch_inputs(pe, tau_p, C)
-            longest = int(jnp.max(plen))
-            P = min(int(-(-longest // 64) * 64), S - E.turn_length(env.height, env.width) - E.EXP_LEN)
-            assert longest <= P, (longest, P, S)
-            exp_p = np.concatenate([exp, np.zeros((rows - R, E.EXP_LEN), np.int32)])
-            forb_p = np.concatenate([forb, np.zeros((rows - R, 4), bool)])
-            traj = rollout(model, env, params, states, keys, num_steps=T, prefix=prefix[:, :P],
-                           prefix_len=plen, first_feedback=fb,
-                           experience=exp_p if cfg.use_experience else None,
-                           forbidden=forb_p if cfg.use_mask else None,
-                           temperature=cfg.temperature, cache_size=S)
-            eps = stitch(pe, traj, tau_p)
-        eps = jax.tree.map(lambda x: x[:R], eps)
-        return eps, np.asarray(traj.num_steps)[:R], np.asarray(traj.token_len)[:R]
+class _Search:
+    """The tree under construction: B tasks x K slots, filled breadth-first."""
 
-    def record(task, eps, steps, toks, tree_eps, **fields):
-        """Store rollouts of ``task`` (sorted; a task may repeat) in its next free slots."""
-        slot = used[task] + _rank_within(task)
-        flat = task * K + slot
-        tree_eps = _scatter(tree_eps, jnp.asarray(flat), eps)
-        valid[task, slot] = True
-        solved[task, slot] = np.asarray(eps.solved)
-        t["order"][task, slot] = slot
-        t["env_steps"][task, slot] = steps
-        t["tokens"][task, slot] = toks
+    def __init__(self, session, key, cfg: ExploreConfig, progress: bool, desc: str):
+        B, K = session.num_tasks, cfg.budget
+        self.session, self.cfg, self.B, self.K = session, cfg, B, K
+        self.task_keys = jax.random.split(key, B)
+        self.t = {k: np.zeros((B, K), np.int32) for k in ("parent", "depth", "order", "tau",
+                                                           "reason", "env_steps", "tokens")}
+        self.t["parent"][:] = NO_PARENT
+        self.t["tau"][:] = NO_ROLLBACK
+        self.valid = np.zeros((B, K), bool)
+        self.solved = np.zeros((B, K), bool)
+        self.experience = np.zeros((B, K) + tuple(session.experience_shape), np.int32)
+        self.forbidden = np.zeros((B, K, session.num_actions), bool)
+        self.used = np.zeros(B, np.int32)
+        self.store = None
+        self.bar = tqdm(total=B * K, desc=desc, disable=not progress)
+
+    def keys(self, task):
+        """The key of each new rollout: its task's key folded with the slot it will take."""
+        order = self.used[task] + _rank_within(task)
+        return jax.vmap(jax.random.fold_in)(self.task_keys[task], jnp.asarray(order))
+
+    def record(self, task, out: Rollouts, **fields) -> np.ndarray:
+        """Store rollouts of ``task`` (sorted; a task may repeat) in its next free slots;
+        returns their flat slot indices."""
+        slot = self.used[task] + _rank_within(task)
+        flat = task * self.K + slot
+        if self.store is None:
+            self.store = _rows(self.B * self.K, out.episodes)
+        self.store = _scatter(self.store, flat, out.episodes)
+        self.valid[task, slot] = True
+        self.solved[task, slot] = np.asarray(out.episodes.solved)
+        self.t["order"][task, slot] = slot
+        self.t["env_steps"][task, slot] = out.env_steps
+        self.t["tokens"][task, slot] = out.tokens
         for k, v in fields.items():
-            (t[k] if k in t else {"experience": experience, "forbidden": forbidden}[k])[task, slot] = v
-        np.add.at(used, task, 1)
-        bar.update(len(task))
-        return tree_eps, flat
+            arr = self.t[k] if k in self.t else {"experience": self.experience,
+                                                 "forbidden": self.forbidden}[k]
+            arr[task, slot] = v
+        np.add.at(self.used, task, 1)
+        self.bar.update(len(task))
+        return flat
 
-    all_tasks = np.arange(B)
-    if cfg.strategy == "independent":
-        tree_eps = None
-        for _ in range(K):
-            eps, steps, toks = run(all_tasks, None, None, None, None)
-            if tree_eps is None:
-                tree_eps = jax.tree.map(lambda x: jnp.zeros((B * K,) + x.shape[1:], x.dtype), eps)
-            tree_eps, _ = record(all_tasks, eps, steps, toks, tree_eps)
-    elif cfg.strategy == "refine":
-        tree_eps, start_exp = None, np.zeros((B, E.EXP_LEN), np.int32)
-        for k in range(K):
-            eps, steps, toks = run(all_tasks, None, None, None, None, start_exp=start_exp)
-            if tree_eps is None:
-                tree_eps = jax.tree.map(lambda x: jnp.zeros((B * K,) + x.shape[1:], x.dtype), eps)
-            tree_eps, _ = record(all_tasks, eps, steps, toks, tree_eps,
-                                 experience=start_exp, depth=np.full(B, k),
-                                 parent=np.full(B, k - 1))
-            refl = reflect(eps)
-            new = np.asarray(refl.experience[:, 0])
-            # a success needs no reflection; a failure with nothing to say keeps the last one
-            start_exp = np.where((np.asarray(refl.tau[:, 0]) >= 0)[:, None], new, start_exp)
-    else:
-        eps, steps, toks = run(all_tasks, None, None, None, None)
-        tree_eps = jax.tree.map(lambda x: jnp.zeros((B * K,) + x.shape[1:], x.dtype), eps)
-        tree_eps, frontier = record(all_tasks, eps, steps, toks, tree_eps)
-        for d in range(1, cfg.max_depth + 1):
-            fr_eps = _gather(tree_eps, jnp.asarray(frontier))
-            refl = jax.device_get(reflect(fr_eps))                   # [F, M]
-            f_task, f_slot = frontier // K, frontier % K
-            M = refl.tau.shape[1]
-            ok = (refl.tau >= 0) & ~solved[f_task, f_slot][:, None]
-            # breadth-first within each task: frontier order, then candidate rank
-            c_task = np.repeat(f_task, M)[ok.reshape(-1)]
-            c_par = np.repeat(frontier, M)[ok.reshape(-1)]
-            c_tau = refl.tau.reshape(-1)[ok.reshape(-1)]
-            c_exp = refl.experience.reshape(-1, E.EXP_LEN)[ok.reshape(-1)]
-            c_forb = refl.forbidden.reshape(-1, 4)[ok.reshape(-1)]
-            c_reason = refl.reason.reshape(-1)[ok.reshape(-1)]
-            srt = np.argsort(c_task, kind="stable")
-            c_task, c_par, c_tau, c_exp, c_forb, c_reason = (
-                x[srt] for x in (c_task, c_par, c_tau, c_exp, c_forb, c_reason))
-            keep = _rank_within(c_task) < (K - used[c_task])
-            if not keep.any():
-                break
-            c_task, c_par, c_tau, c_exp, c_forb, c_reason = (
-                x[keep] for x in (c_task, c_par, c_tau, c_exp, c_forb, c_reason))
-            parent_eps = _gather(tree_eps, jnp.asarray(c_par))
-            eps, steps, toks = run(c_task, parent_eps, c_tau, c_exp, c_forb)
-            tree_eps, frontier = record(c_task, eps, steps, toks, tree_eps, parent=c_par % K,
-                                        depth=np.full(len(c_task), d), tau=c_tau, reason=c_reason,
-                                        experience=c_exp, forbidden=c_forb)
-    bar.close()
-    return Tree(valid=valid, parent=t["parent"], depth=t["depth"], order=t["order"], tau=t["tau"],
-                reason=t["reason"], experience=experience, forbidden=forbidden, solved=solved,
-                env_steps=t["env_steps"], tokens=t["tokens"],
-                episodes=jax.tree.map(lambda x: x.reshape((B, K) + x.shape[1:]), tree_eps))
+    def gather(self, flat):
+        conv = jnp.asarray if isinstance(jax.tree.leaves(self.store)[0], jax.Array) else np.asarray
+        return jax.tree.map(lambda x: x[conv(flat)], self.store)
+
+    def tree(self) -> Tree:
+        self.bar.close()
+        B, K = self.B, self.K
+        return Tree(valid=self.valid, parent=self.t["parent"], depth=self.t["depth"],
+                    order=self.t["order"], tau=self.t["tau"], reason=self.t["reason"],
+                    experience=self.experience, forbidden=self.forbidden, solved=self.solved,
+                    env_steps=self.t["env_steps"], tokens=self.t["tokens"],
+                    episodes=jax.tree.map(lambda x: x.reshape((B, K) + x.shape[1:]), self.store))
 
 
-def save_tree(tree: Tree, path) -> None:
-    """``.npz`` with every array by name (episode fields as ``ep.<field>[.<sub>]``)."""
-    import dataclasses as dc
-    out = {k: np.asarray(v) for k, v in tree._asdict().items() if k != "episodes"}
-    ep = tree.episodes
-    for f in Episode._fields:
-        v = getattr(ep, f)
-        if f == "states":
-            out |= {f"ep.states.{x.name}": np.asarray(getattr(v, x.name)) for x in dc.fields(v)}
-        elif f == "info":
-            out |= {f"ep.info.{k}": np.asarray(x) for k, x in v.items()}
-        else:
-            out[f"ep.{f}"] = np.asarray(v)
-    np.savez_compressed(path, **out)
+def _independent(s: _Search, reflect) -> None:
+    every = np.arange(s.B)
+    for _ in range(s.K):
+        s.record(every, s.session.roots(every, s.keys(every)))
 
 
-def load_tree(path) -> Tree:
-    from leafe_jax.envs.sokoban.env import EnvState
-    with np.load(path) as z:
-        d = {k: z[k] for k in z.files}
-    states = EnvState(**{k[len("ep.states."):]: jnp.asarray(v) for k, v in d.items()
-                         if k.startswith("ep.states.")})
-    info = {k[len("ep.info."):]: jnp.asarray(v) for k, v in d.items() if k.startswith("ep.info.")}
-    ep = Episode(states=states, info=info, **{f: jnp.asarray(d[f"ep.{f}"]) for f in Episode._fields
-                                              if f not in ("states", "info")})
-    return Tree(**{k: d[k] for k in Tree._fields if k != "episodes"}, episodes=ep)
+def _refine(s: _Search, reflect) -> None:
+    every = np.arange(s.B)
+    start_exp = np.zeros((s.B,) + s.experience.shape[2:], np.int32)
+    for k in range(s.K):
+        out = s.session.roots(every, s.keys(every), start_experience=start_exp)
+        s.record(every, out, experience=start_exp, depth=np.full(s.B, k),
+                 parent=np.full(s.B, k - 1))
+        refl = reflect(out.episodes)
+        new = np.asarray(refl.experience[:, 0])
+        # a success needs no reflection; a failure with nothing to say keeps the last one
+        has = (np.asarray(refl.tau[:, 0]) >= 0).reshape((-1,) + (1,) * (new.ndim - 1))
+        start_exp = np.where(has, new, start_exp)
+
+
+def _rollback(s: _Search, reflect) -> None:
+    every = np.arange(s.B)
+    frontier = s.record(every, s.session.roots(every, s.keys(every)))
+    A, exp_shape = s.forbidden.shape[-1], s.experience.shape[2:]
+    for d in range(1, s.cfg.max_depth + 1):
+        refl = jax.device_get(reflect(s.gather(frontier)))                # [F, M]
+        f_task, f_slot = frontier // s.K, frontier % s.K
+        M = refl.tau.shape[1]
+        ok = ((refl.tau >= 0) & ~s.solved[f_task, f_slot][:, None]).reshape(-1)
+        # breadth-first within each task: frontier order, then candidate rank
+        c = {"task": np.repeat(f_task, M)[ok], "par": np.repeat(frontier, M)[ok],
+             "tau": refl.tau.reshape(-1)[ok], "exp": refl.experience.reshape((-1,) + exp_shape)[ok],
+             "forb": refl.forbidden.reshape(-1, A)[ok], "reason": refl.reason.reshape(-1)[ok]}
+        srt = np.argsort(c["task"], kind="stable")
+        c = {k: v[srt] for k, v in c.items()}
+        keep = _rank_within(c["task"]) < (s.K - s.used[c["task"]])
+        if not keep.any():
+            break
+        c = {k: v[keep] for k, v in c.items()}
+        out = s.session.branches(s.gather(c["par"]), c["tau"], c["exp"], c["forb"], s.keys(c["task"]),
+                                 use_experience=s.cfg.use_experience, use_mask=s.cfg.use_mask)
+        frontier = s.record(c["task"], out, parent=c["par"] % s.K, depth=np.full(len(c["task"]), d),
+                            tau=c["tau"], reason=c["reason"], experience=c["exp"], forbidden=c["forb"])
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Strategy:
+    """A Stage-1 entry: how the budget is spent, which reflector, which ablation switches."""
+    expand: Callable[[_Search, Callable], None]
+    reflector: str = FEEDBACK_REFLECTOR
+    overrides: tuple = ()             # (ExploreConfig field, value) pairs
+    doc: str = ""
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "rollback": Strategy(expand=_rollback, doc="LEAFE: reflect, roll back to tau, branch"),
+    "independent": Strategy(expand=_independent, doc="K fresh rollouts"),
+    "refine": Strategy(expand=_refine, doc="K attempts from the start, each with the last reflection"),
+    "rollback_oracle": Strategy(expand=_rollback, reflector="oracle",
+                                doc="exact-solver reflector: an upper bound"),
+    "rollback_mask": Strategy(expand=_rollback, overrides=(("use_mask", True),),
+                              doc="experience + forbidden-action mask"),
+    "rollback_mask_only": Strategy(expand=_rollback,
+                                   overrides=(("use_mask", True), ("use_experience", False)),
+                                   doc="the mask without the experience"),
+}
+
+
+def resolve(strategy: str, cfg: ExploreConfig) -> tuple[Strategy, ExploreConfig]:
+    """The registry entry and the config with its ablation switches applied."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"unknown Stage-1 strategy {strategy!r}; known: {sorted(STRATEGIES)}")
+    st = STRATEGIES[strategy]
+    cfg = dataclasses.replace(cfg, **dict(st.overrides))
+    if st.expand is _rollback and not (cfg.use_experience or cfg.use_mask):
+        raise ValueError("rollback needs the experience, the mask, or both")
+    return st, cfg
+
+
+def explore(interface, policy, tasks, key, cfg: ExploreConfig, strategy: str = "rollback", *,
+            progress: bool = True) -> Tree:
+    """Stage-1 exploration of the B tasks ``tasks`` under ``strategy`` (see ``STRATEGIES``)."""
+    st, cfg = resolve(strategy, cfg)
+    session = interface.session(policy, tasks, max_depth=cfg.max_depth, temperature=cfg.temperature)
+    if session.num_tasks == 0:
+        raise ValueError("no tasks to explore")
+    reflect = session.reflector(st.reflector, num_candidates=cfg.children, every=cfg.reflect_every)
+    search = _Search(session, key, cfg, progress, f"stage 1 ({strategy})")
+    st.expand(search, reflect)
+    return search.tree()

@@ -12,15 +12,28 @@ good step.
 from __future__ import annotations
 
 import os
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from leafe_jax.policy.config import ModelConfig
+from leafe_jax.policy.model import create_model
+
 
 class CheckpointNotFoundError(FileNotFoundError):
     pass
+
+
+class CheckpointCorruptError(ValueError):
+    """A checkpoint step that exists but cannot be read (truncated or corrupt files)."""
+
+    def __init__(self, directory, step, err):
+        self.step = step
+        super().__init__(f"checkpoint step {step} in {directory} is corrupt or does not match this "
+                         f"model ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''})")
 
 
 def _abstract(state):
@@ -51,7 +64,12 @@ class Checkpointer:
     def metadata(self, step: int | None = None) -> dict:
         """The JSON metadata saved with a checkpoint (no arrays are read)."""
         step = self._existing(step)
-        out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        try:
+            out = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        except Exception as e:          # orbax raises many kinds for unreadable JSON
+            raise CheckpointCorruptError(self.directory, step, e) from None
+        if not isinstance(out["meta"], (dict, type(None))):
+            raise CheckpointCorruptError(self.directory, step, TypeError("metadata is not a JSON object"))
         return dict(out["meta"] or {}) | {"step": step}
 
     def _existing(self, step):
@@ -76,14 +94,32 @@ class Checkpointer:
                 _abstract(nnx.state(optimizer, nnx.optimizer.OptState)))
         try:
             out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        except (ValueError, KeyError, FileNotFoundError) as e:
-            raise ValueError(f"checkpoint step {step} in {self.directory} does not match this "
-                             f"model or is corrupt: {type(e).__name__}: {str(e)[:300]}") from e
+        except Exception as e:          # tensorstore / orbax raise many kinds for bad files
+            raise CheckpointCorruptError(self.directory, step, e) from None
         nnx.update(model, out["params"])
         if optimizer is not None:
             nnx.update(optimizer, out["opt"])
         extra = {"data_state": dict(out["data"])} if has_data else {}
         return dict(out["meta"] or {}) | {"step": step} | extra
+
+    def restore_intact(self, model, optimizer=None) -> dict | None:
+        """Restore the latest step that reads back; a corrupt later step is skipped with a
+        warning (and left on disk untouched). ``None`` when there is no step at all."""
+        steps = sorted(self.manager.all_steps(), reverse=True)
+        for i, step in enumerate(steps):
+            try:
+                return self.restore(model, optimizer, step=step)
+            except CheckpointCorruptError as e:
+                if i == len(steps) - 1:
+                    raise
+                # kept beside the good steps (orbax ignores the name), so a new save of this
+                # step can be written and nothing on disk is deleted
+                aside = epath.Path(self.directory) / f"{step}.corrupt"
+                (epath.Path(self.directory) / str(step)).rename(aside)
+                self.manager.reload()
+                warnings.warn(f"{e}; moved to {aside}, resuming from step {steps[i + 1]}",
+                              stacklevel=2)
+        return None
 
     def export_params(self, out_dir, step: int | None = None, model=None) -> str:
         """Write the params of a step (alone: no optimiser state) to ``out_dir`` as a plain
@@ -104,3 +140,31 @@ class Checkpointer:
 
     def close(self):
         self.manager.close()
+
+
+def load_policy(workdir: str):
+    """The policy saved in ``workdir/checkpoints`` (latest step), rebuilt from the checkpoint's
+    metadata; returns ``(model, meta)``. Errors name the directory and the step."""
+    ckdir = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(ckdir):
+        hint = ""
+        if os.path.exists(os.path.join(workdir, "config.json")) and os.path.isdir(os.path.join(workdir, "base")):
+            models = [os.path.join(workdir, d) for d in ("base",)] + sorted(
+                os.path.join(workdir, g, m) for g in ("sft", "baselines")
+                if os.path.isdir(os.path.join(workdir, g)) for m in os.listdir(os.path.join(workdir, g)))
+            hint = f": it is a pipeline work directory; its policies are {', '.join(models)}"
+        raise CheckpointNotFoundError(f"{workdir}: no checkpoints/ directory{hint or ' (not a trained policy)'}")
+    ck = Checkpointer(ckdir)
+    try:
+        meta = ck.metadata()
+        if "model" not in meta:
+            raise ValueError(f"{ckdir}: checkpoint step {meta['step']} metadata lacks the model config")
+        try:
+            cfg = ModelConfig.from_dict(meta["model"])
+        except (TypeError, KeyError, ValueError) as e:
+            raise ValueError(f"{ckdir}: checkpoint step {meta['step']} has a malformed model config: {e}") from None
+        model = create_model(cfg)
+        ck.restore(model)
+    finally:
+        ck.close()
+    return model, meta

@@ -85,8 +85,8 @@ def train_loop(model, optimizer, data, cfg: LoopConfig, workdir, *, mesh=None,
     data = data if hasattr(data, "get_state") else StepData(data)
     ckpt = Checkpointer(workdir / "checkpoints", save_every=1, keep=cfg.keep)
     start = 0
-    if ckpt.latest_step() is not None:
-        restored = ckpt.restore(model, optimizer)
+    restored = ckpt.restore_intact(model, optimizer)
+    if restored is not None:
         start = restored["step"]
         if "data_state" in restored:
             data.set_state(restored["data_state"])

@@ -58,8 +58,11 @@ def read_boxoban(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> tupl
     files = _expand(paths)
     all_ids, all_levels, shape = [], [], None
     for f in files:
-        with open(f, encoding="utf-8") as fh:
-            text = fh.read()
+        try:
+            with open(f, encoding="utf-8") as fh:
+                text = fh.read()
+        except UnicodeDecodeError as e:
+            raise LevelFormatError(f"{f}: not a text level file (byte {e.start} is not UTF-8)") from None
         ids, levels, H, W = parse_boxoban_text(text, source=str(f))
         if shape is not None and shape != (H, W):
             raise LevelFormatError(f"{f}: {H}x{W} levels, but earlier files hold {shape[0]}x{shape[1]}")

@@ -38,9 +38,6 @@ OPPOSITE_ACTION = np.array([DOWN, UP, RIGHT, LEFT], np.int32)
 # --- text ----------------------------------------------------------------------------
 # RAGEN / verl-agent symbols, indexed by observation code.
 RAGEN_SYMBOLS = ("#", "_", "O", "\u221a", "X", "P", "S")
-# DeepMind Boxoban file characters.
-BOXOBAN_CHARS = {"#": "wall", " ": "floor", ".": "target", "*": "box_on_target",
-                 "$": "box", "@": "player", "+": "player_on_target"}
 
 # Largest push distance we store; larger means "no target reachable" (dead square).
 DEAD = 255

@@ -137,20 +137,6 @@ def level_to_ascii(level: Level, height: int, width: int) -> str:
     return "\n".join(rows)
 
 
-def level_from_obs(obs_HxW: np.ndarray) -> Level:
-    """Build a ``Level`` from a grid of observation codes (0..6, see ``constants``)."""
-    obs = np.asarray(obs_HxW)
-    bits = np.asarray(OBS_TO_BITS)[obs].reshape(-1)
-    players = np.flatnonzero((obs == C.PLAYER) | (obs == C.PLAYER_ON_TARGET))
-    if len(players) != 1:
-        raise ValueError(f"expected exactly one player in the grid, found {len(players)}")
-    return Level(grid=bits.astype(np.uint8), player=np.int32(players[0]))
-
-
-OBS_TO_BITS = np.array([C.BIT_WALL, 0, C.BIT_TARGET, C.BIT_BOX | C.BIT_TARGET, C.BIT_BOX,
-                        0, C.BIT_TARGET], np.uint8)
-
-
 @jax.jit          # also when called eagerly (the solver): one compile per shape, not per call
 def push_distance(grid_HxW: jax.Array) -> jax.Array:
     """Fewest pushes that bring a box on each cell to some target, other boxes ignored.

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leafe_jax.agent import encoding as E
+from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.envs.sokoban.env import Sokoban
 from leafe_jax.envs.sokoban.generator import GeneratedLevel
 from leafe_jax.envs.sokoban.replay import replay

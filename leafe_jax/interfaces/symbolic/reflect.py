@@ -25,25 +25,22 @@ from __future__ import annotations
 
 import re
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from leafe_jax.agent import encoding as E
-from leafe_jax.leafe.episode import Episode
+from leafe_jax.interfaces.symbolic import encoding as E
+from leafe_jax.envs.sokoban.constants import ACTION_LETTERS
+from leafe_jax.envs.sokoban.level import Level
+from leafe_jax.envs.sokoban.solver import solve
+from leafe_jax.interfaces.protocol import Reflection
+from leafe_jax.interfaces.symbolic.episode import Episode
 
 _BIG = 1 << 20
 REASON_TOKENS = {"deadlock": E.R_DEADLOCK, "bump": E.R_BUMP, "no_progress": E.R_NO_PROGRESS,
                  "loop": E.R_LOOP}
-
-
-class Reflection(NamedTuple):
-    tau: jax.Array          # int32 [..., M]  rollback step; -1 = none
-    experience: jax.Array   # int32 [..., M, EXP_LEN]
-    forbidden: jax.Array    # bool [..., M, 4]  the action taken at tau (mask ablation)
-    reason: jax.Array       # int32 [..., M]  reason token (0 when none)
 
 
 def _state_hash(states):
@@ -132,8 +129,6 @@ class OracleReflector:
         self._cache: dict[bytes, int | None] = {}
 
     def _dist(self, grid, player) -> int | None:
-        from leafe_jax.envs.sokoban.level import Level
-        from leafe_jax.envs.sokoban.solver import solve
         key = np.asarray(grid, np.uint8).tobytes() + int(player).to_bytes(4, "little")
         if key not in self._cache:
             r = solve(Level(grid=np.asarray(grid), player=np.int32(player)), self.h, self.w,
@@ -226,7 +221,7 @@ class ModelReflector:
             if not int(flat.start[i]) <= t < int(flat.num_steps[i]):
                 self.out_of_range += 1
                 continue
-            a = "UDLR".index(m.group(3).upper())
+            a = ACTION_LETTERS.index(m.group(3).upper())
             tau[i, 0], reason[i, 0] = t, r
             exp[i, 0] = np.asarray(E.experience_tokens(r, a, int(m.group(4)), int(m.group(5))))
             forb[i, 0, a] = True

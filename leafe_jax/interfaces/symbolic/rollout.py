@@ -20,12 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leafe_jax.agent import encoding as E
+from leafe_jax.data.loader import round_up
 from leafe_jax.envs.sokoban.env import EnvState, Sokoban
+from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.policy.model import init_cache
 from leafe_jax.policy.sampling import Constrained
 
-_INFO_KEYS = ("moved", "pushed", "bumped", "box_on_target", "box_off_target", "dead_square",
+INFO_KEYS = ("moved", "pushed", "bumped", "box_on_target", "box_off_target", "dead_square",
               "frozen", "deadlock", "progress", "invalid_action")
 
 
@@ -49,7 +50,7 @@ class Trajectory(NamedTuple):
 
 
 def _feedback_info(info):
-    return {k: info[k] for k in _INFO_KEYS}
+    return {k: info[k] for k in INFO_KEYS}
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "env", "num_steps", "cache_size",
@@ -119,7 +120,7 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
     outs, first = [], prefix.shape[1] + C + 1 + E.EXP_LEN
     bounds = np.linspace(0, num_steps, min(num_segments, num_steps) + 1).astype(int)
     for a, b in zip(bounds[:-1], bounds[1:]):
-        attend = min(cache_size, int(-(-(first + int(b) * (C + 2)) // 64) * 64))
+        attend = min(cache_size, round_up(first + int(b) * (C + 2), 64))
         carry, o = jax.lax.scan(functools.partial(turn, attend=attend), carry, jnp.arange(a, b))
         outs.append(o)
     s_end, cache, buf, _, done, _ = carry
@@ -140,7 +141,7 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
 def cache_size_for(env: Sokoban, prefix_len: int, num_steps: int) -> int:
     """Slots for a prefix, an experience, and ``num_steps`` turns (rounded up to 64)."""
     need = prefix_len + E.EXP_LEN + (num_steps + 1) * E.turn_length(env.height, env.width) + 1
-    return int(-(-need // 64) * 64)
+    return round_up(need, 64)
 
 
 def rollout(model, env: Sokoban, params, start_states: EnvState, keys, *, num_steps: int,

@@ -37,7 +37,17 @@ def level_pool(name: str, num: int, cfg: GeneratorConfig, seed: int = 0, *,
         extra += num - len(keep) + 8
 
 
-def held_out_pool(num: int, cfg: GeneratorConfig, seed: int, num_demo: int) -> GeneratedLevel:
-    """The first ``num`` evaluation levels, none identical to the ``num_demo`` demo levels."""
-    demo = level_pool("demo", num_demo, cfg, seed)
-    return level_pool("eval", num, cfg, seed, exclude=(demo,))
+def training_pools(cfg: GeneratorConfig, seed: int, *, demo_levels: int,
+                   train_levels: int) -> tuple[GeneratedLevel, GeneratedLevel]:
+    """The demonstration pool and the Stage-1 / GRPO training pool (disjoint from it)."""
+    demo = level_pool("demo", demo_levels, cfg, seed)
+    return demo, level_pool("train", train_levels, cfg, seed, exclude=(demo,))
+
+
+def held_out_pool(num: int, cfg: GeneratorConfig, seed: int, *, demo_levels: int,
+                  train_levels: int, pools: tuple[GeneratedLevel, ...] | None = None) -> GeneratedLevel:
+    """The first ``num`` evaluation levels, none identical to a demonstration or training
+    level of the same seed and pool sizes - the one definition the pipeline and
+    ``leafe evaluate`` share. ``pools`` passes the two pools when already built."""
+    pools = pools or training_pools(cfg, seed, demo_levels=demo_levels, train_levels=train_levels)
+    return level_pool("eval", num, cfg, seed, exclude=tuple(pools))

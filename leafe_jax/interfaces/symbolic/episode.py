@@ -16,9 +16,11 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from leafe_jax.agent import encoding as E
-from leafe_jax.agent.rollout import Trajectory
+from leafe_jax.envs.sokoban.replay import replay
+from leafe_jax.interfaces.symbolic import encoding as E
+from leafe_jax.interfaces.symbolic.rollout import INFO_KEYS, Trajectory
 from leafe_jax.envs.sokoban.env import EnvState
 
 
@@ -119,7 +121,6 @@ def branch_inputs(ep: Episode, tau, cells: int):
 def strip_experience(tokens, length: int):
     """Host-side: ``tokens[:length]`` without its experience segments, and where each kept
     token came from (``index[j]`` = original position of the j-th kept token)."""
-    import numpy as np
     tokens = np.asarray(tokens)[:length]
     keep = np.ones(length, bool)
     for p in np.flatnonzero(tokens == E.EXP):
@@ -132,10 +133,6 @@ def episode_from_actions(env, level, actions, max_steps: int, *, token_slots: in
                          params=None) -> Episode:
     """An unbatched ``Episode`` of a given action sequence from a level (host-side helper for
     tests, logged data and docs): replayed states and feedback, tokens as the policy sees them."""
-    import numpy as np
-
-    from leafe_jax.envs.sokoban.replay import replay
-
     params = params or env.default_params
     acts = np.full(max_steps, -1, np.int32)
     acts[: len(actions)] = actions
@@ -149,12 +146,10 @@ def episode_from_actions(env, level, actions, max_steps: int, *, token_slots: in
     L = E.turn_length(env.height, env.width)
     pos = np.full(max_steps, 0, np.int32)
     pos[:n] = 1 + np.arange(n) * L + (L - 1)
-    info_keys = ("moved", "pushed", "bumped", "box_on_target", "box_off_target", "dead_square",
-                 "frozen", "deadlock", "progress", "invalid_action")
     active = np.arange(max_steps) < n
     return Episode(states=rep.states, actions=jnp.asarray(acts),
                    feedback=jnp.asarray(np.concatenate([fb[1:], [E.FB_START]])),
-                   info={k: jnp.asarray(np.asarray(rep.info[k]) & active) for k in info_keys},
+                   info={k: jnp.asarray(np.asarray(rep.info[k]) & active) for k in INFO_KEYS},
                    active=jnp.asarray(active), action_pos=jnp.asarray(pos), tokens=jnp.asarray(tokens),
                    token_len=jnp.int32(len(toks)), solved=jnp.asarray(rep.solved[n - 1]) if n else jnp.bool_(False),
                    num_steps=jnp.int32(n), start=jnp.int32(0))

@@ -1,1 +1,0 @@
-"""The agent side: symbolic interaction encoding and the on-device rollout."""

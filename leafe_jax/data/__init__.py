@@ -1,0 +1,1 @@
+"""Datasets: TFDS builders (SFT examples, level sets), store, grain loader."""

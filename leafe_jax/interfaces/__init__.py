@@ -1,0 +1,1 @@
+"""Agent interfaces: the seam (``protocol``) and its implementations (``symbolic``)."""

@@ -1,0 +1,1 @@
+"""The experiment runner: config, stage bookkeeping, one runner per stage, report."""

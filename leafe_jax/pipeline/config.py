@@ -1,0 +1,187 @@
+"""The pipeline's configuration: the library's own configs, nested, read from TOML.
+
+    [experiment]        preset, model, seed                      ExperimentConfig
+    [base]              behaviour cloning (+ [base.sft])          interfaces.symbolic.pretrain.PretrainConfig
+    [stage1]            training pool, strategies (+ [stage1.explore])   leafe.explore.ExploreConfig
+    [stage2]            variants (+ [stage2.distill], [stage2.sft])       leafe.distill / train.sft
+    [baselines]         methods, match_budget (+ [baselines.grpo], [baselines.early_experience])
+    [eval]              held-out Pass@k                          eval.sweep.EvalConfig
+
+The defaults are the README's small experiment (DESIGN §5: 6x6 / 2 boxes, ~1.6 M-parameter
+policy, K = 8, D = 3, M = 2, 50 held-out levels x 128 samples); a TOML file holds only what
+differs from them. Every value is checked when the config is read, and errors name the key.
+``tiny()`` is the tests' and ``--tiny``'s seconds-scale variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+
+from leafe_jax import configs
+from leafe_jax.baselines.early_experience import EarlyExperienceConfig
+from leafe_jax.baselines.grpo import GRPOConfig
+from leafe_jax.configs import ConfigError, config, field
+from leafe_jax.envs.sokoban.presets import PRESETS as ENV_PRESETS
+from leafe_jax.eval.sweep import EvalConfig
+from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig
+from leafe_jax.leafe.distill import DistillConfig
+from leafe_jax.leafe.explore import STRATEGIES, ExploreConfig
+from leafe_jax.policy.config import PRESETS as MODEL_PRESETS
+from leafe_jax.train.sft import SFTConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """A Stage-2 variant: what its dataset holds and what its model is called in reports."""
+    rehearsal: bool = False
+    e2p: bool = False
+    from_demos: bool = False       # the BC control: the demonstrations, not the trees
+    model_name: str | None = None
+
+    @property
+    def from_tree(self) -> bool:
+        return not self.from_demos
+
+
+VARIANTS = {"leafe": Variant(rehearsal=True, e2p=True), "rehearsal": Variant(rehearsal=True),
+            "e2p": Variant(e2p=True), "bc": Variant(from_demos=True, model_name="bc-control")}
+BASELINES = ("grpo", "early_experience")
+
+
+@config
+class ExperimentConfig:
+    preset: str = field("6x6_2box", doc="Sokoban preset")
+    model: str = field("sokoban-small", doc="policy preset")
+    seed: int = field(0, lo=0)
+
+    def __post_init__(self):
+        for key, value, known in (("preset", self.preset, ENV_PRESETS), ("model", self.model, MODEL_PRESETS)):
+            if value not in known:
+                raise ConfigError(key, f"must be one of {sorted(known)}, got {value!r}")
+
+
+@config
+class Stage1Config:
+    train_levels: int = field(128, lo=1, doc="Stage-1 / GRPO training tasks")
+    strategies: tuple[str, ...] = field(("rollback", "independent", "refine"), choices=tuple(STRATEGIES))
+    explore: ExploreConfig = ExploreConfig()
+
+    def __post_init__(self):
+        if not self.strategies:
+            raise ConfigError("strategies", "must name at least one Stage-1 strategy")
+        if len(set(self.strategies)) != len(self.strategies):
+            raise ConfigError("strategies", f"lists a strategy twice: {list(self.strategies)}")
+
+
+@config
+class Stage2Config:
+    variants: tuple[str, ...] = field(("leafe", "rehearsal"), choices=tuple(VARIANTS))
+    distill: DistillConfig = DistillConfig()
+    sft: SFTConfig = SFTConfig(steps=50, batch_size=16, learning_rate=3e-4)
+
+    def __post_init__(self):
+        if len(set(self.variants)) != len(self.variants):
+            raise ConfigError("variants", f"lists a variant twice: {list(self.variants)}")
+
+
+@config
+class BaselinesConfig:
+    """GRPO-RLVR and Early Experience from the same base policy, at the env-step budget that
+    LEAFE's Stage 1 spent (``match_budget``)."""
+    methods: tuple[str, ...] = field((), choices=BASELINES)
+    match_budget: bool = True
+    grpo: GRPOConfig = GRPOConfig()
+    early_experience: EarlyExperienceConfig = EarlyExperienceConfig()
+
+
+@config
+class PipelineConfig:
+    experiment: ExperimentConfig = ExperimentConfig()
+    base: PretrainConfig = PretrainConfig()
+    stage1: Stage1Config = Stage1Config()
+    stage2: Stage2Config = Stage2Config()
+    baselines: BaselinesConfig = BaselinesConfig()
+    eval: EvalConfig = EvalConfig()
+
+    def __post_init__(self):
+        tree_variants = [v for v in self.stage2.variants if VARIANTS[v].from_tree]
+        budgeted = self.baselines.methods and self.baselines.match_budget
+        if (tree_variants or budgeted) and "rollback" not in self.stage1.strategies:
+            needs = tree_variants or ["the matched baseline budget"]
+            raise ConfigError("stage1.strategies", f"must include 'rollback' (it feeds {needs})")
+
+    def to_dict(self) -> dict:
+        return configs.to_dict(self)
+
+    @property
+    def uses_tree(self) -> bool:
+        return "rollback" in self.stage1.strategies
+
+
+def from_dict(d: dict, base: PipelineConfig | None = None) -> PipelineConfig:
+    return configs.from_dict(PipelineConfig, d, base=base)
+
+
+def _parse_override(o: str) -> tuple[list[str], object]:
+    if "=" not in o or "." not in o.split("=", 1)[0]:
+        raise ConfigError("", f"override {o!r} is not section.key=value")
+    k, v = o.split("=", 1)
+    try:
+        val = tomllib.loads(f"v = {v}")["v"]
+    except tomllib.TOMLDecodeError:
+        val = v                                   # a bare string
+    return k.strip().split("."), val
+
+
+def apply_overrides(d: dict, overrides) -> dict:
+    """``section.key=value`` overrides (values in TOML syntax) set into a nested dict."""
+    d = {k: dict(v) if isinstance(v, dict) else v for k, v in d.items()}
+    for o in overrides:
+        keys, val = _parse_override(o)
+        cur = d
+        for k in keys[:-1]:
+            nxt = cur.get(k)
+            cur[k] = nxt = dict(nxt) if isinstance(nxt, dict) else {}
+            cur = nxt
+        cur[keys[-1]] = val
+    return d
+
+
+def read_toml(path: str) -> dict:
+    if os.path.isdir(path):
+        raise ConfigError("", f"{path} is a directory, not a pipeline config (a .toml file)")
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no pipeline config at {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError("", f"{path}: not valid TOML: {e}") from None
+
+
+def load(path: str | None = None, overrides=(), *, base: PipelineConfig | None = None) -> PipelineConfig:
+    """A TOML file (or nothing) over ``base`` (default: the built-in defaults), then the
+    overrides - each applied as given, whatever the base."""
+    d = read_toml(path) if path else {}
+    try:
+        return from_dict(apply_overrides(d, overrides), base=base)
+    except ConfigError as e:
+        raise ConfigError(e.path, f"{e.msg} (in {path})" if path else e.msg) from None
+
+
+def small() -> PipelineConfig:
+    return PipelineConfig()
+
+
+def tiny() -> PipelineConfig:
+    """Seconds-scale variant for the tests and ``--tiny`` (about a minute on 2 cores), sized
+    so that it has successful roots *and* successful rollback branches (non-empty e2p data)."""
+    return from_dict({"experiment": {"preset": "verl6x6", "model": "sokoban-tiny"},
+                      "base": {"demo_levels": 32, "sft": {"steps": 40, "batch_size": 4}},
+                      "stage1": {"train_levels": 16, "explore": {"budget": 6, "max_depth": 2}},
+                      "stage2": {"sft": {"steps": 1, "batch_size": 4}},
+                      "baselines": {"grpo": {"tasks_per_step": 2, "group_size": 2},
+                                    "early_experience": {"alternatives": 1}},
+                      "eval": {"levels": 4, "n": 8}})

@@ -1,0 +1,169 @@
+"""One function per pipeline stage. Each reads its inputs from disk, writes its outputs into
+its own directory and returns nothing of substance: ``run.run_pipeline`` wraps every call
+in the done / log / time / mark bookkeeping (``stages.Stages.run``), so a killed run resumes
+at the stage it was in. The Stage-1, dataset and evaluation runners take any agent interface
+(``interfaces.protocol``); the training runners the symbolic policy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+
+import jax
+import numpy as np
+
+from leafe_jax.baselines.early_experience import world_model_examples
+from leafe_jax.baselines.grpo import train_grpo
+from leafe_jax.data.loader import round_up
+from leafe_jax.data.store import write_sft
+from leafe_jax.interfaces.symbolic.pretrain import pretrain_base_policy
+from leafe_jax.leafe.distill import stage2_examples
+from leafe_jax.leafe.explore import explore
+from leafe_jax.leafe.render import example_tasks, render_tree
+from leafe_jax.leafe.tree import ROOT_INDEX, load_tree, save_tree, solved_within, tree_stats
+from leafe_jax.pipeline.config import VARIANTS, PipelineConfig
+from leafe_jax.pipeline.stages import read_json, write_json
+from leafe_jax.train.checkpoint import load_policy
+from leafe_jax.train.optim import OptimConfig, create_optimizer
+from leafe_jax.train.sft import SFTConfig, data_max_len, finetune
+
+# Key offsets per stage: each stage's randomness is its own stream of the experiment seed.
+STAGE1_KEY, GRPO_KEY = 1000, 3000
+
+
+def base(preset, model_cfg, cfg: PipelineConfig, out: str, progress: bool) -> None:
+    pretrain_base_policy(preset, model_cfg, cfg.base, out, seed=cfg.experiment.seed, progress=progress)
+
+
+def stage1(interface, policy, tasks, cfg: PipelineConfig, strategy: str, out: str,
+           progress: bool) -> None:
+    """A Stage-1 tree (``tree.npz``), its stats and a few rendered trees."""
+    tree = explore(interface, policy, tasks, jax.random.key(cfg.experiment.seed + STAGE1_KEY),
+                   cfg.stage1.explore, strategy, progress=progress)
+    os.makedirs(out, exist_ok=True)
+    save_tree(tree, os.path.join(out, "tree.npz"))
+    write_json(os.path.join(out, "stats.json"),
+               tree_stats(tree) | {"solved_within_k": solved_within(tree).mean(0).tolist()})
+    with open(os.path.join(out, "trees.txt"), "w") as fh:
+        for b in example_tasks(tree):
+            fh.write(render_tree(interface, tree, b) + "\n\n")
+
+
+def dataset(interface, tree_dir: str, variant: str, cfg: PipelineConfig, out: str) -> None:
+    """A Stage-2 dataset (TFDS ``sft_examples``) and its ``stats.json``."""
+    spec = VARIANTS[variant]
+    tree = load_tree(os.path.join(tree_dir, "tree.npz"), interface.episode_like(), as_jax=False)
+    records, stats = stage2_examples(interface, tree, cfg.stage2.distill, rehearsal=spec.rehearsal,
+                                     e2p=spec.e2p)
+    if stats["successful_branches"] == 0 and spec.e2p:
+        warnings.warn("Stage 1 produced no successful rollback branch: there is nothing to distil "
+                      "(e2p is empty); LEAFE reduces to rehearsal here. Raise the budget K, the "
+                      "depth D or the number of training levels.")
+    os.makedirs(out, exist_ok=True)
+    stats["examples"] = 0 if records is None else len(records)
+    if records is not None:
+        write_sft(records, out, overwrite=True)
+        stats["max_len"] = int(max(len(t) for t in records.tokens))
+    write_json(os.path.join(out, "stats.json"), stats)
+
+
+def sft(base_dir: str, data_dir: str, cfg: PipelineConfig, out: str, progress: bool) -> None:
+    """A Stage-2 variant (or the BC control): the base policy fine-tuned on one dataset."""
+    model, meta = load_policy(base_dir)
+    finetune(model, data_dir, cfg.stage2.sft, out, seed=cfg.experiment.seed, progress=progress,
+             meta={"model": meta["model"], "preset": meta.get("preset"), "base": base_dir,
+                   "data": data_dir})
+
+
+def budget(interface, rollback_dir: str | None) -> dict:
+    """Env steps (and policy tokens) LEAFE's Stage 1 spent; the baselines get the same.
+    Also the base policy's mean episode length (its roots), to size GRPO's batches."""
+    if rollback_dir is None:
+        return {"env_steps": 0, "tokens": 0, "root_len": 1.0}
+    st = read_json(os.path.join(rollback_dir, "stats.json"))
+    tree = load_tree(os.path.join(rollback_dir, "tree.npz"), interface.episode_like(), as_jax=False)
+    return {"env_steps": int(st["env_steps"]), "tokens": int(st["tokens"]),
+            "root_len": float(tree.env_steps[:, ROOT_INDEX].mean())}
+
+
+def grpo(base_dir, train, env, params, cfg: PipelineConfig, out, target: dict, progress) -> None:
+    g = cfg.baselines.grpo
+    per_batch = g.tasks_per_step * g.group_size * target["root_len"]
+    steps = max(1, round(target["env_steps"] / per_batch)) if cfg.baselines.match_budget else g.steps
+    model, meta = load_policy(base_dir)
+    ref, _ = load_policy(base_dir)
+    opt = create_optimizer(model, OptimConfig(learning_rate=g.learning_rate, warmup_steps=steps // 10,
+                                              total_steps=steps))
+    final = train_grpo(model, ref, env, params, train.level, g, opt, steps, out,
+                       key=jax.random.key(cfg.experiment.seed + GRPO_KEY), progress=progress,
+                       meta={"model": meta["model"], "preset": meta.get("preset"), "base": base_dir},
+                       ckpt_every=max(1, steps // 2))
+    write_json(os.path.join(out, "budget.json"), {
+        "env_steps": _metric_sum(out, "env_steps"), "tokens": _metric_sum(out, "tokens_sampled"),
+        "rollout_batches": steps, "optimizer_steps": steps * g.epochs * g.minibatches,
+        "target_env_steps": target["env_steps"], "final": final})
+
+
+def _metric_sum(workdir, key):
+    """Sum of a per-step metric over the JSONL log (last record per step wins)."""
+    by_step = {}
+    with open(os.path.join(workdir, "metrics.jsonl")) as fh:
+        for line in fh:
+            r = json.loads(line)
+            if key in r:
+                by_step[r["step"]] = r[key]
+    return int(sum(by_step.values()))
+
+
+def early_experience(base_dir, demo, env, params, cfg: PipelineConfig, out, target: dict,
+                     progress) -> None:
+    """World modelling on alternative actions at demo states, then imitation; the total
+    update steps equal every other fine-tuning's (``stage2.sft.steps``)."""
+    ee, s = cfg.baselines.early_experience, cfg.stage2.sft
+    lengths = np.asarray(demo.solution_len)
+    if cfg.baselines.match_budget:      # demo levels whose states x alternatives match the budget
+        need = np.cumsum(lengths * ee.alternatives)
+        m = int(min(len(lengths), np.searchsorted(need, target["env_steps"]) + 1))
+    else:
+        m = min(len(lengths), ee.demo_levels)
+    sub = jax.tree.map(lambda x: x[:m], demo)
+    rec, env_steps = world_model_examples(env, params, sub.level, np.asarray(sub.solution),
+                                          lengths[:m], num_alternatives=ee.alternatives,
+                                          rng=np.random.default_rng(cfg.experiment.seed))
+    data_dir = os.path.join(out, "data")
+    write_sft(rec, data_dir, overwrite=True)
+    wm_steps = int(round(ee.wm_fraction * s.steps))
+    model, meta = load_policy(base_dir)
+    demo_dir = os.path.join(base_dir, "data")
+    phases = [("wm", data_dir, wm_steps, round_up(max(len(t) for t in rec.tokens))),
+              ("imitation", demo_dir, s.steps - wm_steps, data_max_len(demo_dir))]
+    for name, d, steps, max_len in phases:
+        if steps >= 1:
+            finetune(model, d, SFTConfig(steps=steps, batch_size=s.batch_size,
+                                         learning_rate=ee.learning_rate),
+                     os.path.join(out, name), seed=cfg.experiment.seed, max_len=max_len,
+                     progress=progress, meta={"model": meta["model"], "preset": meta.get("preset")})
+    # the evaluated policy is the last phase's checkpoint
+    final_dir = os.path.join(out, "imitation" if s.steps - wm_steps >= 1 else "wm")
+    write_json(os.path.join(out, "budget.json"), {
+        "env_steps": env_steps, "tokens": 0, "demo_levels": m, "examples": len(rec),
+        "wm_steps": wm_steps, "imitation_steps": s.steps - wm_steps,
+        "target_env_steps": target["env_steps"], "policy_dir": final_dir})
+
+
+def policy_dir(stage_dir: str) -> str:
+    """Where a stage's evaluated policy is (a baseline may name another directory)."""
+    bj = os.path.join(stage_dir, "budget.json")
+    if os.path.exists(bj):
+        return read_json(bj).get("policy_dir", stage_dir)
+    return stage_dir
+
+
+def evaluate(interface, policy, tasks, cfg: PipelineConfig, key, out: str, progress: bool) -> None:
+    """``success.npy`` [levels, n] of one model on the held-out tasks."""
+    succ = interface.success(policy, tasks, cfg.eval.n, key, temperature=cfg.eval.temperature,
+                             progress=progress)
+    os.makedirs(out, exist_ok=True)
+    np.save(os.path.join(out, "success.npy"), np.asarray(succ))

@@ -1,0 +1,58 @@
+"""The one supervised fine-tuning recipe: SFT records on disk -> batches -> the shared loop.
+
+Behaviour cloning of the base policy, every Stage-2 variant, the BC control and both Early
+Experience phases call ``finetune``; GRPO runs its own step function on the same loop.
+Warm-up is ``min(50, steps // 10)`` unless given; the data order depends only on ``seed``
+(grain's per-epoch shuffle), so a resumed run sees the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from leafe_jax.configs import config, field
+from leafe_jax.data.loader import round_up, sft_batches
+from leafe_jax.data.store import sft_source
+from leafe_jax.train.loop import LoopConfig, train_loop
+from leafe_jax.train.optim import OptimConfig, create_optimizer
+
+
+@config
+class SFTConfig:
+    steps: int = field(50, lo=1, doc="optimizer steps")
+    batch_size: int = field(16, lo=1)
+    learning_rate: float = field(3e-4, lo=0, lo_open=True)
+    warmup_steps: int | None = field(None, lo=0, doc="default min(50, steps // 10)")
+
+    def __post_init__(self):
+        if self.warmup_steps is not None and self.warmup_steps > self.steps:
+            raise ValueError(f"warmup_steps {self.warmup_steps} > steps {self.steps}")
+
+    @property
+    def warmup(self) -> int:
+        return min(50, self.steps // 10) if self.warmup_steps is None else self.warmup_steps
+
+
+def data_max_len(data_dir) -> int:
+    """Longest example of a dataset written with its ``stats.json`` (rounded for buckets)."""
+    f = os.path.join(data_dir, "stats.json")
+    try:
+        with open(f) as fh:
+            return round_up(json.load(fh)["max_len"])
+    except (OSError, ValueError, KeyError) as e:
+        raise ValueError(f"{f}: unreadable dataset stats ({type(e).__name__}: {e})") from None
+
+
+def finetune(model, data_dir, cfg: SFTConfig, workdir, *, seed: int, max_len: int | None = None,
+             meta: dict | None = None, progress: bool = True, mesh=None, ckpt_every: int | None = None,
+             log_every: int | None = None) -> dict:
+    """Train ``model`` in place on the SFT dataset in ``data_dir`` (resumes from ``workdir``);
+    returns the final metrics."""
+    max_len = data_max_len(data_dir) if max_len is None else max_len
+    data = sft_batches(sft_source(data_dir), batch_size=cfg.batch_size, max_len=max_len, seed=seed)
+    opt = create_optimizer(model, OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup,
+                                              total_steps=cfg.steps), mesh)
+    loop = LoopConfig(num_steps=cfg.steps, log_every=log_every or max(1, min(25, cfg.steps)),
+                      ckpt_every=ckpt_every or max(1, cfg.steps // 4), progress=progress)
+    return train_loop(model, opt, data, loop, workdir, mesh=mesh, meta=meta)
