@@ -58,6 +58,9 @@ def _feedback_info(info):
 def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, first_fb, keys,
              experience, has_exp, forbidden, *, num_steps: int, cache_size: int, temperature: float,
              num_segments: int = 4):
+    """The jitted agent loop. Long because it is one traced body: the sampling, prefill and
+    turn closures share the cache layout and the loop's carry, and splitting them apart
+    would only pass that state around."""
     model = nnx.merge(graphdef, state)
     B = prefix.shape[0]
     C = (env.height - 2) * (env.width - 2)
