@@ -21,7 +21,7 @@ import warnings
 import numpy as np
 
 from leafe_jax.eval.passk import bootstrap_ci, pass_at_k_per_task
-from leafe_jax.pipeline.config import STAGE1
+from leafe_jax.leafe.explore import STRATEGIES
 
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
 ORDER = ["base", "bc-control", "rehearsal", "e2p", "leafe", "grpo", "early-experience"]
@@ -52,7 +52,7 @@ def load_run(d: str) -> dict:
         raise FileNotFoundError(f"{d}: no eval/passk.json (is the pipeline run finished?)")
     cfg = json.load(open(os.path.join(d, "config.json")))
     s1 = {}
-    for s in STAGE1:
+    for s in STRATEGIES:
         f = os.path.join(d, "stage1", s, "stats.json")
         if os.path.exists(f):
             s1[s] = json.load(open(f))
@@ -61,7 +61,7 @@ def load_run(d: str) -> dict:
         f = os.path.join(d, "baselines", m, "budget.json")
         if os.path.exists(f):
             budgets[m.replace("_", "-")] = json.load(open(f))
-    return {"dir": d, "seed": cfg["pipeline"]["seed"], "success": load_success(d), "stage1": s1,
+    return {"dir": d, "seed": cfg.get("experiment", cfg.get("pipeline"))["seed"], "success": load_success(d), "stage1": s1,
             "budgets": budgets, "timings": json.load(open(os.path.join(d, "timings.json")))}
 
 
@@ -118,7 +118,7 @@ def main(dirs, plot=None, out_file=None):
             out.append(f"| {m} | " + " | ".join(cells) + " |")
 
     if any(r["stage1"] for r in runs):
-        strategies = [s for s in STAGE1 if all(s in r["stage1"] for r in runs)]
+        strategies = [s for s in STRATEGIES if all(s in r["stage1"] for r in runs)]
         Kb = len(runs[0]["stage1"][strategies[0]]["solved_within_k"])
         out += ["", "### Stage 1 at equal budget (solved within k, % of training tasks; mean ± 95 % CI "
                 "over seeds)", "",

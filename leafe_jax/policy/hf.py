@@ -24,7 +24,24 @@ class CheckpointError(ValueError):
     pass
 
 
+_INT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads")
+
+
 def config_from_hf(hf: dict, *, name: str = "hf", dtype: str | None = None) -> ModelConfig:
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"config is not a JSON object: {type(hf).__name__}")
+    missing = [k for k in _INT_KEYS if k not in hf]
+    if missing:
+        raise CheckpointError(f"missing key(s) {missing}")
+    for k in _INT_KEYS + ("num_key_value_heads", "head_dim", "max_position_embeddings"):
+        v = hf.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int)):
+            raise CheckpointError(f"{k} must be an integer, got {v!r}")
+    for k in ("rope_theta", "rms_norm_eps"):
+        v = hf.get(k)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+            raise CheckpointError(f"{k} must be a number, got {v!r}")
     mt = hf.get("model_type")
     if mt not in ("qwen2", "llama"):
         raise CheckpointError(f"unsupported model_type {mt!r} (supported: qwen2, llama)")
@@ -113,8 +130,15 @@ def load_hf(path: str, *, mesh=None, dtype: str | None = None) -> Transformer:
     cfg_file = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_file):
         raise FileNotFoundError(f"{path}: no config.json (not a Hugging Face checkpoint?)")
-    with open(cfg_file) as fh:
-        cfg = config_from_hf(json.load(fh), name=os.path.basename(os.path.normpath(path)), dtype=dtype)
+    try:
+        with open(cfg_file) as fh:
+            hf = json.load(fh)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{cfg_file}: not valid JSON ({e})") from None
+    try:
+        cfg = config_from_hf(hf, name=os.path.basename(os.path.normpath(path)), dtype=dtype)
+    except CheckpointError as e:
+        raise CheckpointError(f"{cfg_file}: {e}") from None
     mesh = mesh or single_device_mesh()
     graphdef, abs_state = abstract_model(cfg, mesh)
     names = name_map(cfg)

@@ -47,7 +47,14 @@ def read(path: str) -> dict[str, np.ndarray]:
         if meta["dtype"] not in _DTYPES:
             raise SafetensorsError(f"{path}: tensor {name} has unsupported dtype {meta['dtype']}")
         a, b = meta["data_offsets"]
-        out[name] = raw[base + a: base + b].view(_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+        if base + b > len(raw):
+            raise SafetensorsError(f"{path}: truncated - tensor {name} needs bytes up to {base + b}, "
+                                   f"the file has {len(raw)}")
+        try:
+            out[name] = raw[base + a: base + b].view(_DTYPES[meta["dtype"]]).reshape(meta["shape"])
+        except ValueError as e:
+            raise SafetensorsError(f"{path}: tensor {name}: data does not fit shape {meta['shape']} "
+                                   f"({e})") from None
     return out
 
 
