@@ -64,7 +64,7 @@ def world_model_examples(env, params, levels, solutions, lengths, *, num_alterna
     rng = rng or np.random.default_rng(0)
     fn = jax.jit(jax.vmap(lambda lv, a: _alternatives(env, params, lv, a)))
     obs, nxt, fb, info = jax.device_get(fn(levels, jnp.asarray(solutions)))
-    demo_fb_after = np.asarray(jax.vmap(jax.vmap(E.feedback_token))(info))          # [N, T]
+    demo_fb_after = np.asarray(jax.vmap(jax.vmap(E.feedback_token))(info))          # [B, T]
     N = len(lengths)
     task_ids = np.arange(N) if task_ids is None else np.asarray(task_ids)
     toks, masks, steps, tids = [], [], [], []

@@ -45,9 +45,9 @@ class GRPOConfig:
             raise ValueError("tasks_per_step x group_size must split into minibatches")
 
 
-def group_advantages(rewards_NxG, eps: float = 1e-6):
+def group_advantages(rewards_BxG, eps: float = 1e-6):
     """(r - group mean) / (group std + eps); a group whose rewards are all equal gets 0."""
-    r = jnp.asarray(rewards_NxG, jnp.float32)
+    r = jnp.asarray(rewards_BxG, jnp.float32)
     mu = r.mean(-1, keepdims=True)
     sd = r.std(-1, keepdims=True)
     return (r - mu) / (sd + eps)
@@ -59,15 +59,15 @@ def kl_k3(logp, ref_logp):
     return jnp.exp(d) - d - 1.0
 
 
-def grpo_objective(logp_BxT, old_BxT, ref_BxT, adv_B, mask_BxT, *, eps: float, eps_high: float,
+def grpo_objective(logp_BxL, old_BxL, ref_BxL, adv_B, mask_BxL, *, eps: float, eps_high: float,
                    beta: float):
     """Token-level clipped objective + beta k3 KL; mean over masked (action) tokens."""
-    m = mask_BxT.astype(jnp.float32)
+    m = mask_BxL.astype(jnp.float32)
     n = jnp.maximum(m.sum(), 1.0)
-    ratio = jnp.exp(logp_BxT - old_BxT)
+    ratio = jnp.exp(logp_BxL - old_BxL)
     a = adv_B[:, None]
     pg = -jnp.minimum(ratio * a, jnp.clip(ratio, 1.0 - eps, 1.0 + eps_high) * a)
-    kl = kl_k3(logp_BxT, ref_BxT)
+    kl = kl_k3(logp_BxL, ref_BxL)
     loss = ((pg + beta * kl) * m).sum() / n
     clipped = ((ratio < 1.0 - eps) | (ratio > 1.0 + eps_high)).astype(jnp.float32)
     return loss, {"pg_loss": (pg * m).sum() / n, "kl": (kl * m).sum() / n,
@@ -126,19 +126,19 @@ def rollout_batch(model, ref, env, params, levels, step: int, key, cfg: GRPOConf
     """One on-policy batch: ``tasks_per_step`` tasks (cycling through ``levels``) x G rollouts,
     with rewards, group advantages, old and reference log-probs, and action-token masks."""
     n = int(np.shape(levels.player)[0])
-    N, G = cfg.tasks_per_step, cfg.group_size
-    task = (np.arange(N) + step * N) % n
+    B, G = cfg.tasks_per_step, cfg.group_size
+    task = (np.arange(B) + step * B) % n
     idx = np.repeat(task, G)
     lv = jax.tree.map(lambda x: jnp.asarray(x)[idx], levels)
     _, states = jax.vmap(env.reset_to_level, in_axes=(0, None))(lv, params)
-    keys = jax.random.split(jax.random.fold_in(key, step), N * G)
+    keys = jax.random.split(jax.random.fold_in(key, step), B * G)
     T = int(params.max_steps_in_episode)
     traj = rollout(model, env, params, states, keys, num_steps=T, temperature=cfg.temperature)
     reward = traj.solved.astype(jnp.float32) + cfg.shaped * traj.rewards.sum(0)
-    adv = group_advantages(reward.reshape(N, G), cfg.adv_eps).reshape(-1)
+    adv = group_advantages(reward.reshape(B, G), cfg.adv_eps).reshape(-1)
     S = traj.tokens.shape[1]
-    rows = jnp.arange(N * G)[:, None]
-    mask = jnp.zeros((N * G, S), bool).at[rows, traj.action_pos.T].set(traj.active.T, mode="drop")
+    rows = jnp.arange(B * G)[:, None]
+    mask = jnp.zeros((B * G, S), bool).at[rows, traj.action_pos.T].set(traj.active.T, mode="drop")
     tokens = traj.tokens
     batch = {"tokens": tokens, "loss_mask": mask, "adv": adv,
              "old_logp": jax.lax.stop_gradient(policy_logprobs(model, tokens)),

@@ -155,8 +155,8 @@ def sft_counts(source) -> dict[str, int]:
 
 def write_levels(grid, player, solution, solution_len, data_dir, *, height: int, width: int,
                  split: str = "train", index=None, overwrite: bool = False):
-    """Write a level set: ``grid`` uint8 [N, H*W], ``player`` [N], ``solution`` [N, S] with
-    ``solution_len`` [N] (0 where unknown)."""
+    """Write a level set: ``grid`` uint8 [B, H*W], ``player`` [B], ``solution`` [B, S] with
+    ``solution_len`` [B] (0 where unknown)."""
     from leafe_jax.data.builders import SokobanLevels
 
     grid, player = np.asarray(grid, np.uint8), np.asarray(player, np.int32)

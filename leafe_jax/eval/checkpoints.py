@@ -57,5 +57,5 @@ def evaluate_checkpoints(specs: list[str], out: str, cfg: EvalConfig, *, seed: i
         results[name] = agent.success(model, levels, cfg.n, eval_key(seed),
                                       temperature=cfg.temperature, progress=progress)
     where = levels_file or "held-out levels"
-    L = int(np.shape(levels.player)[0])
-    return write_sweep(results, out, title=f"{preset_name}, {L} {where}, n = {cfg.n}, T = {cfg.temperature}")
+    num_levels = int(np.shape(levels.player)[0])
+    return write_sweep(results, out, title=f"{preset_name}, {num_levels} {where}, n = {cfg.n}, T = {cfg.temperature}")

@@ -22,9 +22,9 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return float(1.0 - np.prod(1.0 - k / i))
 
 
-def pass_at_k_per_task(success_LxN, k: int) -> np.ndarray:
+def pass_at_k_per_task(success_Bxn, k: int) -> np.ndarray:
     """Pass@k per task from a boolean ``success[tasks, samples]`` array."""
-    s = np.asarray(success_LxN, bool)
+    s = np.asarray(success_Bxn, bool)
     if s.ndim != 2 or s.shape[0] == 0:
         raise ValueError(f"success must be a non-empty [tasks, samples] array, got shape {s.shape}")
     n = s.shape[1]
@@ -40,9 +40,9 @@ def bootstrap_ci(values, *, num: int = 2000, level: float = 0.95, seed: int = 0)
     return float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
 
 
-def pass_at_k_table(success_LxN, ks=None, *, ci: bool = True, seed: int = 0) -> dict:
+def pass_at_k_table(success_Bxn, ks=None, *, ci: bool = True, seed: int = 0) -> dict:
     """``{k: {"mean", "ci_low", "ci_high"}}`` for k = 1, 2, 4, ... up to n (or ``ks``)."""
-    s = np.asarray(success_LxN, bool)
+    s = np.asarray(success_Bxn, bool)
     n = s.shape[-1]
     if ks is None:
         ks = [2 ** i for i in range(int(np.log2(n)) + 1)]

@@ -1,7 +1,7 @@
 """Pass@k evaluation: n on-device rollouts per held-out level, then a k = 1..n sweep.
 
 ``sample_success`` runs ``levels x n`` episodes of the symbolic policy (through its agent
-interface's ``success``) and returns ``success[levels, n]``; any other agent interface is
+interface's ``success``) and returns ``success[B, n]``; any other agent interface is
 evaluated the same way. ``eval_key`` is the one sampling key per experiment seed.
 ``write_sweep`` turns any number of named success arrays into ``passk.json``, a Markdown
 table and a Pass@k curve plot.
@@ -39,13 +39,13 @@ def eval_key(seed: int):
 
 def sample_success(model, env, params, levels: Level, n: int, key, *, temperature: float = 1.0,
                    batch_size: int = 128, progress: bool = True) -> np.ndarray:
-    """``success[L, n]`` (bool) of ``n`` sampled episodes per level of the symbolic agent."""
+    """``success[B, n]`` (bool) of ``n`` sampled episodes per level of the symbolic agent."""
     return SymbolicSokoban(env, params).success(model, levels, n, key, temperature=temperature,
                                                 progress=progress, batch_size=batch_size)
 
 
 def write_sweep(results: dict[str, np.ndarray], out_dir: str, *, ks=None, title: str = "") -> dict:
-    """Pass@k tables (with bootstrap CIs over levels) of named ``success[L, n]`` arrays."""
+    """Pass@k tables (with bootstrap CIs over levels) of named ``success[B, n]`` arrays."""
     if not results:
         raise ValueError("no results to sweep")
     ns = {name: np.asarray(s).shape[-1] for name, s in results.items()}

@@ -19,7 +19,7 @@ What an implementer provides
   episode (host numpy, unbatched) encoded as a training sequence *with every experience
   removed*, ending with the action of step ``last``; the loss mask marks the action tokens
   of steps ``first..last``. Rehearsal and experience-to-policy data are both built with it.
-* ``success(policy, tasks, n, key, *, temperature, progress) -> bool [L, n]``: ``n`` sampled
+* ``success(policy, tasks, n, key, *, temperature, progress) -> bool [B, n]``: ``n`` sampled
   episodes per task from the start (Pass@k evaluation).
 * ``episode_like()``: a pytree with the structure of the session's episodes (to load trees).
 * ``describe_task(episodes, task) -> str``, ``describe_rollout(episode) -> str`` and

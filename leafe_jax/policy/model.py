@@ -7,8 +7,8 @@ axis names resolved through ``leafe_jax.sharding.RULES``.
 
 The KV cache keeps one slot per absolute position and a valid length per row, so rows of
 one batch can sit at different depths (rollback branches restart at different steps).
-Shapes: B batch, T new tokens, S cache slots, D hidden, H / K query / KV heads, G = H / K,
-E head dim, V vocab.
+Shapes (the README's legend): B batch, L new tokens, S cache slots, D hidden, Q / K query /
+KV heads (R = Q // K query heads share a KV head), E head dim, V vocab.
 """
 
 from __future__ import annotations
@@ -71,13 +71,13 @@ class RMSNorm(nnx.Module):
         return (y * self.scale[...].astype(jnp.float32)).astype(x.dtype)
 
 
-def apply_rope(x_BxTxNxE, cos_BxTxE2, sin_BxTxE2):
+def apply_rope(x_BxLxQxE, cos_BxLxE2, sin_BxLxE2):
     """HF ``rotate_half`` RoPE: the two halves of the head dim form the rotated pairs."""
-    x = x_BxTxNxE.astype(jnp.float32)
+    x = x_BxLxQxE.astype(jnp.float32)
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
-    c, s = cos_BxTxE2[:, :, None, :], sin_BxTxE2[:, :, None, :]
-    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BxTxNxE.dtype)
+    c, s = cos_BxLxE2[:, :, None, :], sin_BxLxE2[:, :, None, :]
+    return jnp.concatenate([x1 * c - x2 * s, x2 * c + x1 * s], axis=-1).astype(x_BxLxQxE.dtype)
 
 
 def _linear(cfg, din, dout, axes, bias, rngs):
@@ -89,46 +89,46 @@ def _linear(cfg, din, dout, axes, bias, rngs):
 
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        H, K, E, D = cfg.num_heads, cfg.num_kv_heads, cfg.hd, cfg.hidden_size
-        self.H, self.K, self.E = H, K, E
-        self.q = _linear(cfg, D, H * E, ("embed", "heads"), cfg.qkv_bias, rngs)
+        Q, K, E, D = cfg.num_heads, cfg.num_kv_heads, cfg.hd, cfg.hidden_size
+        self.Q, self.K, self.E = Q, K, E
+        self.q = _linear(cfg, D, Q * E, ("embed", "heads"), cfg.qkv_bias, rngs)
         self.k = _linear(cfg, D, K * E, ("embed", "kv_heads"), cfg.qkv_bias, rngs)
         self.v = _linear(cfg, D, K * E, ("embed", "kv_heads"), cfg.qkv_bias, rngs)
-        self.o = _linear(cfg, H * E, D, ("heads", "embed"), False, rngs)
+        self.o = _linear(cfg, Q * E, D, ("heads", "embed"), False, rngs)
 
-    def __call__(self, x_BxTxD, cos, sin, pos_BxT, valid_BxT, cache_kv, kv_len_B,
+    def __call__(self, x_BxLxD, cos, sin, pos_BxL, valid_BxL, cache_kv, kv_len_B,
                  attend_slots=None):
-        B, T, _ = x_BxTxD.shape
-        H, K, E = self.H, self.K, self.E
-        G = H // K
+        B, L, _ = x_BxLxD.shape
+        Q, K, E = self.Q, self.K, self.E
+        R = Q // K
         heads = ("act_batch", "act_seq", "act_heads", None)
-        q = apply_rope(constrain(self.q(x_BxTxD).reshape(B, T, H, E), heads), cos, sin)
-        k = apply_rope(constrain(self.k(x_BxTxD).reshape(B, T, K, E), heads), cos, sin)
-        v = constrain(self.v(x_BxTxD).reshape(B, T, K, E), heads)
+        q = apply_rope(constrain(self.q(x_BxLxD).reshape(B, L, Q, E), heads), cos, sin)
+        k = apply_rope(constrain(self.k(x_BxLxD).reshape(B, L, K, E), heads), cos, sin)
+        v = constrain(self.v(x_BxLxD).reshape(B, L, K, E), heads)
         if cache_kv is None:
-            keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # [B, K, T, E]
-            mask = (pos_BxT[:, None, :] <= pos_BxT[:, :, None]) & valid_BxT[:, None, :]
+            keys, values = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)   # [B, K, L, E]
+            mask = (pos_BxL[:, None, :] <= pos_BxL[:, :, None]) & valid_BxL[:, None, :]
             new_kv = None
         else:
             ck, cv = cache_kv                                                  # [B, K, S, E]
             rows = jnp.arange(B)[:, None]
-            keys = ck.at[rows, :, pos_BxT].set(k.astype(ck.dtype), mode="drop")
-            values = cv.at[rows, :, pos_BxT].set(v.astype(cv.dtype), mode="drop")
+            keys = ck.at[rows, :, pos_BxL].set(k.astype(ck.dtype), mode="drop")
+            values = cv.at[rows, :, pos_BxL].set(v.astype(cv.dtype), mode="drop")
             new_kv = (keys, values)
             if attend_slots is not None:        # static: no row has reached these slots yet
                 keys, values = keys[:, :, :attend_slots], values[:, :, :attend_slots]
             slots = jnp.arange(keys.shape[2])
-            mask = ((slots[None, None, :] <= pos_BxT[:, :, None])
+            mask = ((slots[None, None, :] <= pos_BxL[:, :, None])
                     & (slots[None, None, :] < kv_len_B[:, None, None]))
-        # GQA: the G query heads of a KV head share its keys; [B, K, T*G, E] queries.
-        qg = q.reshape(B, T, K, G, E).transpose(0, 2, 1, 3, 4).reshape(B, K, T * G, E)
+        # GQA: the R query heads of a KV head share its keys; [B, K, L*R, E] queries.
+        qg = q.reshape(B, L, K, R, E).transpose(0, 2, 1, 3, 4).reshape(B, K, L * R, E)
         s = jnp.einsum("bkqe,bkse->bkqs", qg, keys.astype(qg.dtype),
                        preferred_element_type=jnp.float32) / np.sqrt(E)
-        s = jnp.where(mask[:, None, :, None, :], s.reshape(B, K, T, G, -1), _NEG)
-        p = jax.nn.softmax(s, axis=-1).astype(values.dtype).reshape(B, K, T * G, -1)
+        s = jnp.where(mask[:, None, :, None, :], s.reshape(B, K, L, R, -1), _NEG)
+        p = jax.nn.softmax(s, axis=-1).astype(values.dtype).reshape(B, K, L * R, -1)
         o = jnp.einsum("bkqs,bkse->bkqe", p, values)
-        o = o.reshape(B, K, T, G, E).transpose(0, 2, 1, 3, 4).reshape(B, T, H * E)
-        return self.o(o.astype(x_BxTxD.dtype)), new_kv
+        o = o.reshape(B, K, L, R, E).transpose(0, 2, 1, 3, 4).reshape(B, L, Q * E)
+        return self.o(o.astype(x_BxLxD.dtype)), new_kv
 
 
 class MLP(nnx.Module):
@@ -159,7 +159,7 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """``model(tokens_BxT, positions_BxT, valid_BxT=None, cache=None) -> (logits, cache)``."""
+    """``model(tokens_BxL, positions_BxL, valid_BxL=None, cache=None) -> (logits, cache)``."""
 
     def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
         self.cfg = cfg
@@ -172,7 +172,7 @@ class Transformer(nnx.Module):
         if not cfg.tie_embeddings:
             self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False, rngs)
 
-    def __call__(self, tokens_BxT, positions_BxT=None, valid_BxT=None, cache: KVCache | None = None,
+    def __call__(self, tokens_BxL, positions_BxL=None, valid_BxL=None, cache: KVCache | None = None,
                  new_lengths_B=None, attend_slots: int | None = None):
         """Full forward (``cache=None``) or a cached prefill / decode step.
 
@@ -180,34 +180,34 @@ class Transformer(nnx.Module):
         slots ``<= positions[b, t]`` below ``new_lengths[b]`` (default: the row's old length
         plus T). ``attend_slots`` (static) promises that no row attends beyond that many
         slots, so attention reads only that prefix of the cache (the agent loop grows it
-        turn by turn). Returns ``(logits_BxTxV float32, cache)``.
+        turn by turn). Returns ``(logits_BxLxV float32, cache)``.
         """
-        tokens_BxT = jnp.asarray(tokens_BxT)
-        if tokens_BxT.ndim != 2:
-            raise ValueError(f"tokens must be [batch, time], got shape {tokens_BxT.shape}")
-        B, T = tokens_BxT.shape
-        if positions_BxT is None:
+        tokens_BxL = jnp.asarray(tokens_BxL)
+        if tokens_BxL.ndim != 2:
+            raise ValueError(f"tokens must be [batch, time], got shape {tokens_BxL.shape}")
+        B, T = tokens_BxL.shape
+        if positions_BxL is None:
             start = cache.lengths[:, None] if cache is not None else 0
-            positions_BxT = start + jnp.arange(T)[None, :]
-        positions_BxT = jnp.broadcast_to(positions_BxT, (B, T)).astype(jnp.int32)
-        if valid_BxT is None:
-            valid_BxT = jnp.ones((B, T), bool)
-        freqs = positions_BxT[..., None].astype(jnp.float32) * jnp.asarray(
+            positions_BxL = start + jnp.arange(T)[None, :]
+        positions_BxL = jnp.broadcast_to(positions_BxL, (B, T)).astype(jnp.int32)
+        if valid_BxL is None:
+            valid_BxL = jnp.ones((B, T), bool)
+        freqs = positions_BxL[..., None].astype(jnp.float32) * jnp.asarray(
             rope_inv_freq(self.cfg), jnp.float32)
         cos, sin = jnp.cos(freqs), jnp.sin(freqs)
         kv_len = None
         if cache is not None:
             kv_len = new_lengths_B if new_lengths_B is not None else cache.lengths + T
         act = ("act_batch", "act_seq", "act_embed")
-        x = constrain(self.embed(tokens_BxT), act)
+        x = constrain(self.embed(tokens_BxL), act)
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             if cache is None and self.cfg.remat:      # training: keep only block inputs
-                x, _ = _remat_block(layer, x, cos, sin, positions_BxT, valid_BxT)
+                x, _ = _remat_block(layer, x, cos, sin, positions_BxL, valid_BxL)
                 x = constrain(x, act)
                 continue
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, new_kv = layer(x, cos, sin, positions_BxT, valid_BxT, kv, kv_len, attend_slots)
+            x, new_kv = layer(x, cos, sin, positions_BxL, valid_BxL, kv, kv_len, attend_slots)
             x = constrain(x, act)
             if cache is not None:
                 ks.append(new_kv[0])

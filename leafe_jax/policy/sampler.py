@@ -32,12 +32,12 @@ def bucket(n: int, minimum: int = 16) -> int:
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def prefill(graphdef, state, tokens_BxT, lengths_B, cache: KVCache):
+def prefill(graphdef, state, tokens_BxL, lengths_B, cache: KVCache):
     """Write the prompts into the cache; returns (logits at each row's last token, cache)."""
     model = nnx.merge(graphdef, state)
-    B, T = tokens_BxT.shape
+    B, T = tokens_BxL.shape
     pos = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
-    logits, cache = model(tokens_BxT, pos, cache=cache, new_lengths_B=lengths_B)
+    logits, cache = model(tokens_BxL, pos, cache=cache, new_lengths_B=lengths_B)
     last = jnp.take_along_axis(logits, jnp.maximum(lengths_B - 1, 0)[:, None, None], 1)[:, 0]
     return last, cache
 

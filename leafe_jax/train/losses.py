@@ -6,26 +6,26 @@ import jax.numpy as jnp
 import optax
 
 
-def masked_token_sums(logits_BxTxV, tokens_BxT, loss_mask_BxT, weights_B=None):
+def masked_token_sums(logits_BxLxV, tokens_BxL, loss_mask_BxL, weights_B=None):
     """Unnormalised sums for predicting ``tokens[:, t+1]`` from ``logits[:, t]`` where
     ``loss_mask[:, t+1]``: ``(sum_b w_b * ce, {"tokens": n, "correct": c})``.
 
     ``logits`` come from the model run on ``tokens[:, :-1]`` (T-1 positions). Sums (not
     means) make gradient accumulation exact: normalise once by the batch's token count.
     """
-    targets = tokens_BxT[:, 1:]
-    mask = loss_mask_BxT[:, 1:].astype(jnp.float32)
+    targets = tokens_BxL[:, 1:]
+    mask = loss_mask_BxL[:, 1:].astype(jnp.float32)
     if weights_B is None:
-        weights_B = jnp.ones(tokens_BxT.shape[0], jnp.float32)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxTxV.astype(jnp.float32), targets)
-    correct = (jnp.argmax(logits_BxTxV, -1) == targets).astype(jnp.float32)
+        weights_B = jnp.ones(tokens_BxL.shape[0], jnp.float32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits_BxLxV.astype(jnp.float32), targets)
+    correct = (jnp.argmax(logits_BxLxV, -1) == targets).astype(jnp.float32)
     return (ce * mask * weights_B[:, None]).sum(), {"tokens": mask.sum(),
                                                    "correct": (correct * mask).sum()}
 
 
-def masked_token_loss(logits_BxTxV, tokens_BxT, loss_mask_BxT, weights_B=None):
+def masked_token_loss(logits_BxLxV, tokens_BxL, loss_mask_BxL, weights_B=None):
     """Mean loss over masked tokens: sum(w_b * ce) / number of masked tokens (so a weight
     scales an example's share - beta for rehearsal - without rescaling unit-weight data)."""
-    s, aux = masked_token_sums(logits_BxTxV, tokens_BxT, loss_mask_BxT, weights_B)
+    s, aux = masked_token_sums(logits_BxLxV, tokens_BxL, loss_mask_BxL, weights_B)
     n = jnp.maximum(aux["tokens"], 1.0)
     return s / n, {"loss": s / n, "accuracy": aux["correct"] / n, "tokens": aux["tokens"]}

@@ -32,10 +32,9 @@ from leafe_jax.envs.sokoban.grid import (bfs_layers, flat_shift, layer_of, pack_
                                          unpack_rows)
 from leafe_jax.envs.sokoban.level import Level
 
-# Bumped whenever the levels a (key, config) pair yields change; pipelines record it with
-# their outputs. 2: a pull never overruns max_solution_steps (version 1 could, when the
-# budget was spent with the player beside a box: 0.3-0.7 % of 6x6_2box levels had a
-# 31-step solution for a 30-step limit, stored truncated).
+# Bumped whenever the levels a (key, config) pair yields change (what changed is in the
+# commit history and docs/RESULTS.md); pipelines record it with their outputs, so work
+# directories made with other levels are refused.
 VERSION = 2
 
 # gym-sokoban's five carving masks.

@@ -18,16 +18,16 @@ def shift(x_HxW: jax.Array, dr: int, dc: int, fill) -> jax.Array:
     return jax.lax.slice(xp, (pad + dr, pad + dc), (pad + dr + H, pad + dc + W))
 
 
-def flat_shift(x_N: jax.Array, k: int, fill) -> jax.Array:
+def flat_shift(x_HW: jax.Array, k: int, fill) -> jax.Array:
     """``out[i] = x[i + k]`` on a flat grid (``fill`` outside); ``k`` static.
 
     On a row-major grid enclosed by walls a flat shift by +-1 or +-W is the 2-D shift:
     the only cells it mixes across row ends are border walls, which callers mask out.
     """
     if k == 0:
-        return x_N
-    n = x_N.shape[-1]
-    xp = jnp.pad(x_N, (max(-k, 0), max(k, 0)), constant_values=fill)
+        return x_HW
+    n = x_HW.shape[-1]
+    xp = jnp.pad(x_HW, (max(-k, 0), max(k, 0)), constant_values=fill)
     return jax.lax.slice(xp, (max(k, 0),), (max(k, 0) + n,))
 
 

@@ -38,11 +38,11 @@ class Level:
 
 @struct.dataclass
 class LevelBank:
-    """A device-resident batch of N levels of one shape, sampled by index."""
+    """A device-resident batch of B levels of one shape, sampled by index."""
 
-    grid: jax.Array      # uint8[N, H*W]
-    player: jax.Array    # int32[N]
-    box_dist: jax.Array  # uint8[N, H*W]  pushes to the nearest target; DEAD if none
+    grid: jax.Array      # uint8[B, H*W]
+    player: jax.Array    # int32[B]
+    box_dist: jax.Array  # uint8[B, H*W]  pushes to the nearest target; DEAD if none
     height: int = struct.field(pytree_node=False, default=0)
     width: int = struct.field(pytree_node=False, default=0)
 
@@ -163,15 +163,15 @@ def push_distance(grid_HxW: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _bank_box_dist(grid_NxHxW):
-    return jax.vmap(push_distance)(grid_NxHxW)
+def _bank_box_dist(grid_BxHxW):
+    return jax.vmap(push_distance)(grid_BxHxW)
 
 
 def make_bank(levels: Level, height: int, width: int) -> LevelBank:
-    """Stack a batched ``Level`` ([N, H*W] grids) into a device ``LevelBank``."""
+    """Stack a batched ``Level`` ([B, H*W] grids) into a device ``LevelBank``."""
     grid = jnp.asarray(levels.grid, jnp.uint8)
     if grid.ndim != 2 or grid.shape[1] != height * width:
-        raise ValueError(f"level grids must have shape [N, {height * width}] for "
+        raise ValueError(f"level grids must have shape [B, {height * width}] for "
                          f"{height}x{width} levels, got {tuple(grid.shape)}")
     if grid.shape[0] == 0:
         raise ValueError("cannot build a level bank from zero levels")

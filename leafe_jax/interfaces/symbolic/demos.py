@@ -34,12 +34,12 @@ REASONS = (E.R_DEADLOCK, E.R_BUMP, E.R_NO_PROGRESS, E.R_LOOP)
 
 @dataclasses.dataclass
 class Demos:
-    obs: np.ndarray        # uint8 [N, T+1, H, W]
-    actions: np.ndarray    # int32 [N, T]  (-1 after the end)
-    feedback: np.ndarray   # int32 [N, T]  token shown before action t
-    lengths: np.ndarray    # int32 [N]
-    bad: np.ndarray        # int32 [N, T, 4]  reason token of each alternative, 0 = not bad
-    player: np.ndarray     # int32 [N, T]  player cell before action t
+    obs: np.ndarray        # uint8 [B, T+1, H, W]
+    actions: np.ndarray    # int32 [B, T]  (-1 after the end)
+    feedback: np.ndarray   # int32 [B, T]  token shown before action t
+    lengths: np.ndarray    # int32 [B]
+    bad: np.ndarray        # int32 [B, T, 4]  reason token of each alternative, 0 = not bad
+    player: np.ndarray     # int32 [B, T]  player cell before action t
 
 
 def classify_alternatives(env: Sokoban, params, states, prev_states, actions_T):

@@ -149,19 +149,19 @@ class SymbolicSokoban:
 
     def success(self, policy, tasks: Level, n: int, key, *, temperature: float = 1.0,
                 progress: bool = True, batch_size: int = 128) -> np.ndarray:
-        """``success[L, n]`` of ``n`` sampled episodes per level, in fixed-size chunks (the
+        """``success[B, n]`` of ``n`` sampled episodes per level, in fixed-size chunks (the
         last one padded, so one compilation serves all). The default chunk of 128 episodes
         is the fastest per episode on a 2-core CPU: at 1024 the attention scores of a turn
         (~255 MB per layer) no longer fit in cache (measured 2.2x slower per token)."""
         env, params = self.env, self.params
-        L = int(np.shape(tasks.player)[0])
-        if L == 0:
+        B = int(np.shape(tasks.player)[0])
+        if B == 0:
             raise ValueError("empty level set: nothing to evaluate")
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        total = L * n
+        total = B * n
         batch = min(batch_size, total)
-        level_idx = np.repeat(np.arange(L), n)
+        level_idx = np.repeat(np.arange(B), n)
         episode_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
         reset = jax.jit(jax.vmap(env.reset_to_level, in_axes=(0, None)))
         out = np.zeros(total, bool)
@@ -174,7 +174,7 @@ class SymbolicSokoban:
                            num_steps=int(params.max_steps_in_episode), temperature=temperature)
             keep = idx[: min(batch, total - start)]
             out[keep] = np.asarray(traj.solved)[: len(keep)]
-        return out.reshape(L, n)
+        return out.reshape(B, n)
 
     def episode_like(self) -> Episode:
         z = 0
