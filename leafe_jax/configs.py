@@ -168,37 +168,48 @@ def diff(a, b, prefix: str = "") -> list[str]:
             for k in diff(a.get(key), b.get(key), f"{prefix}.{key}" if prefix else key)]
 
 
-def flat_fields(cls, prefix: str = ""):
-    """``(dotted name, type, default)`` of every leaf field, nested sections included."""
-    hints = _hints(cls)
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
+def flat_fields(cfg, prefix: str = ""):
+    """``(dotted name, type, default, doc)`` of every leaf field of the config instance
+    ``cfg`` (defaults are its values: a nested section keeps its parent's defaults)."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        name, value = f"{prefix}{f.name}", getattr(cfg, f.name)
         if dataclasses.is_dataclass(hints[f.name]):
-            yield from flat_fields(hints[f.name], name + ".")
+            yield from flat_fields(value, name + ".")
         else:
-            yield name, hints[f.name], getattr(cls(), f.name), f.metadata.get("doc", "")
+            yield name, hints[f.name], value, f.metadata.get("doc", "")
+
+
+def _scalar(tp):
+    """``int | None`` -> ``int`` (the type a flag parses)."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
 
 
 def add_flags(parser: argparse.ArgumentParser, cls, *, skip=()) -> None:
     """One ``--flag`` per leaf field of ``cls`` (``sft.learning_rate`` -> ``--learning-rate``;
     defaults and help from the class), so the CLI cannot drift from the library config."""
-    for name, tp, default, doc in flat_fields(cls):
+    for name, tp, default, doc in flat_fields(cls()):
+        tp = _scalar(tp)
         if name in skip:
             continue
         flag = "--" + name.rsplit(".", 1)[-1].replace("_", "-")
         help_ = f"{doc + '; ' if doc else ''}default {default!r} ({cls.__name__}.{name})"
+        flag_name = flag.removeprefix("--")
         if tp is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=default, help=help_)
         else:
             conv = {int: int, float: float, str: str}.get(tp, str)
-            parser.add_argument(flag, dest=name, type=conv, default=default, help=help_)
+            parser.add_argument(flag, dest=name, type=conv, default=default, help=help_,
+                                metavar=flag_name.upper().replace("-", "_"))
 
 
 def from_flags(cls, args: argparse.Namespace, *, skip=()):
     """The config ``add_flags`` described, from parsed arguments (validated as ever)."""
     nested: dict = {}
-    for name, _tp, _default, _doc in flat_fields(cls):
+    for name, _tp, _default, _doc in flat_fields(cls()):
         if name in skip:
             continue
         *secs, leaf = name.split(".")
