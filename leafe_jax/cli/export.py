@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 
 def register(p: argparse.ArgumentParser) -> None:
@@ -16,19 +15,8 @@ def register(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from leafe_jax.policy.hf import save_hf
-    from leafe_jax.train.checkpoint import Checkpointer, load_policy
+    from leafe_jax.train.checkpoint import export_policy
 
-    if os.path.exists(args.out):
-        raise FileExistsError(f"{args.out} exists; refusing to overwrite")
-    model, meta = load_policy(args.workdir)
-    ck = Checkpointer(os.path.join(args.workdir, "checkpoints"))
-    if args.format == "params":
-        ck.export_params(args.out, step=args.step, model=model)
-    else:
-        if args.step is not None:
-            ck.restore(model, step=args.step)
-        save_hf(model, args.out, model_type="llama")
-    ck.close()
-    print(json.dumps({"exported": args.out, "format": args.format, "step": args.step or meta["step"]}))
+    step = export_policy(args.workdir, args.out, fmt=args.format, step=args.step)
+    print(json.dumps({"exported": args.out, "format": args.format, "step": step}))
     return 0

@@ -6,11 +6,16 @@ import argparse
 
 
 def register(p: argparse.ArgumentParser) -> None:
+    from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig
+    from leafe_jax.pipeline.config import Stage1Config
+
     p.add_argument("workdir", help="work directory holding checkpoints/")
     p.add_argument("--index", type=int, default=0, help="held-out level index")
     p.add_argument("--seed", type=int, default=0, help="experiment seed (its level pools)")
-    p.add_argument("--demo-levels", type=int, default=2000, help="demo pool size to exclude")
-    p.add_argument("--train-levels", type=int, default=128, help="training pool size to exclude")
+    p.add_argument("--demo-levels", type=int, default=PretrainConfig().demo_levels,
+                   help="demo pool size to exclude (the run's base.demo_levels)")
+    p.add_argument("--train-levels", type=int, default=Stage1Config().train_levels,
+                   help="training pool size to exclude (the run's stage1.train_levels)")
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--sample-seed", type=int, default=0)
     p.add_argument("--gif", default=None, help="write the episode as an animated GIF")

@@ -75,7 +75,7 @@ def _solve(args) -> int:
 
 
 def _render(args) -> int:
-    from leafe_jax.envs.sokoban import Sokoban, render_rgb, render_text, save_gif, solve
+    from leafe_jax.envs.sokoban import ACTION_LETTERS, Sokoban, render_rgb, render_text, save_gif, solve
     from leafe_jax.envs.sokoban.replay import replay
 
     lid, level, H, W, nb = _load_one(args.levels, args.index)
@@ -92,7 +92,7 @@ def _render(args) -> int:
     print(f"level {lid}")
     print(render_text(frames[0]))
     for t, a in enumerate(actions):
-        print(f"\nstep {t + 1}: {'UDLR'[a]}  reward {float(rep.rewards[t]):+.1f}"
+        print(f"\nstep {t + 1}: {ACTION_LETTERS[a]}  reward {float(rep.rewards[t]):+.1f}"
               + ("  SOLVED" if bool(rep.solved[t]) else ""))
         print(render_text(frames[t + 1]))
     if args.gif:

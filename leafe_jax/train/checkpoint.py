@@ -20,6 +20,7 @@ from etils import epath
 from flax import nnx
 
 from leafe_jax.policy.config import ModelConfig
+from leafe_jax.policy.hf import save_hf
 from leafe_jax.policy.model import create_model
 
 
@@ -168,3 +169,24 @@ def load_policy(workdir: str):
     finally:
         ck.close()
     return model, meta
+
+
+def export_policy(workdir: str, out: str, *, fmt: str = "params", step: int | None = None) -> int:
+    """Export a saved policy: ``params`` (orbax, params only) or ``hf`` (safetensors +
+    ``config.json``); refuses to overwrite ``out``. Returns the exported step."""
+    if fmt not in ("params", "hf"):
+        raise ValueError(f"unknown export format {fmt!r}; known: params, hf")
+    if os.path.exists(out):
+        raise FileExistsError(f"{out} exists; refusing to overwrite")
+    model, meta = load_policy(workdir)
+    ck = Checkpointer(os.path.join(workdir, "checkpoints"))
+    try:
+        if fmt == "params":
+            ck.export_params(out, step=step, model=model)
+        else:
+            if step is not None:
+                ck.restore(model, step=step)
+            save_hf(model, out, model_type="llama")
+    finally:
+        ck.close()
+    return meta["step"] if step is None else step
