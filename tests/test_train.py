@@ -188,6 +188,20 @@ def test_resume_falls_back_to_the_last_intact_step(tmp_path):
     assert load_policy(str(tmp_path / "a"))[1]["step"] == 3
 
 
+def test_corrupt_checkpoint_metadata_names_the_step(tmp_path):
+    from leafe_jax.train.checkpoint import load_policy
+    m, o = fresh()
+    train_loop(m, o, batch, LoopConfig(num_steps=1, log_every=1, ckpt_every=1, progress=False),
+               tmp_path, meta={"model": CFG.to_dict()})
+    assert load_policy(str(tmp_path))[1]["step"] == 1
+    (tmp_path / "checkpoints" / "1" / "meta" / "metadata").write_text("{garbage")
+    with pytest.raises(ValueError, match=r"checkpoint step 1 in .*checkpoints is corrupt"):
+        load_policy(str(tmp_path))
+    (tmp_path / "checkpoints" / "1" / "meta" / "metadata").write_text('{"model": {"name": 3}}')
+    with pytest.raises(ValueError, match=r"checkpoint step 1 has a malformed model config"):
+        load_policy(str(tmp_path))
+
+
 def test_export_params_only(tmp_path):
     import orbax.checkpoint as ocp
     m, o = fresh()

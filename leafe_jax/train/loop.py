@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import signal
+import threading
 from collections.abc import Callable
 
 import jax
@@ -158,5 +159,4 @@ def _evaluate(model, eval_batches, mesh) -> dict:
 
 
 def _main_thread() -> bool:
-    import threading
     return threading.current_thread() is threading.main_thread()

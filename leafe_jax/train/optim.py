@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import optax
+from flax import nnx
+
+from leafe_jax.sharding import single_device_mesh
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -36,10 +40,5 @@ def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
 def create_optimizer(model, cfg: OptimConfig, mesh=None):
     """``nnx.Optimizer`` over the model's params, built under a mesh: its moment buffers
     inherit the params' sharding annotations, which need one (1-device mesh by default)."""
-    import jax
-    from flax import nnx
-
-    from leafe_jax.sharding import single_device_mesh
-
     with jax.set_mesh(mesh or single_device_mesh()):
         return nnx.Optimizer(model, make_optimizer(cfg), wrt=nnx.Param)

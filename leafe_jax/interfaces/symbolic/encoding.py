@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from leafe_jax.envs.sokoban.constants import ACTION_LETTERS, RAGEN_SYMBOLS
+
 PAD, BOS, EOS = 0, 1, 2
 CELL0 = 3                                   # + observation code 0..6
 FB0 = 10
@@ -112,8 +114,6 @@ def encode_episode(obs_T1xHxW, actions_T, feedback_T, *, start_experience=None,
 
 def describe(tokens) -> str:
     """Tokens -> readable text (for docs, tests and debugging)."""
-    from leafe_jax.envs.sokoban.constants import ACTION_LETTERS, RAGEN_SYMBOLS
-
     out = []
     for t in np.asarray(tokens).tolist():
         if t == PAD:
