@@ -4,7 +4,6 @@ scripted stand-in policy, run through the same pipeline stages as the symbolic a
 (Stage-1 search, Stage-2 dataset, Pass@k evaluation, rendered trees)."""
 
 import json
-import os
 from typing import NamedTuple
 
 import jax
@@ -13,8 +12,7 @@ import pytest
 
 from leafe_jax.data.store import sft_source
 from leafe_jax.interfaces.protocol import FEEDBACK_REFLECTOR, Reflection, Rollouts
-from leafe_jax.leafe.render import render_tree
-from leafe_jax.leafe.tree import NO_ROLLBACK, load_tree
+from leafe_jax.leafe.tree import load_tree
 from leafe_jax.pipeline import config as C
 from leafe_jax.pipeline import runners
 

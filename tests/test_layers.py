@@ -4,7 +4,6 @@ no file is over ~400 lines, no function over ~80 lines without a reason in its d
 import ast
 import os
 
-import pytest
 
 ROOT = os.path.join(os.path.dirname(__file__), "..", "leafe_jax")
 

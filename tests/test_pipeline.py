@@ -4,7 +4,6 @@ resumption, extension, config validation and the hostile-input cases of issue #1
 import json
 import os
 
-import numpy as np
 import pytest
 
 from leafe_jax.cli import main
