@@ -139,30 +139,40 @@ def load_hf(path: str, *, mesh=None, dtype: str | None = None) -> Transformer:
         cfg = config_from_hf(hf, name=os.path.basename(os.path.normpath(path)), dtype=dtype)
     except CheckpointError as e:
         raise CheckpointError(f"{cfg_file}: {e}") from None
+    files = _tensor_files(path)
+    opened: dict[str, dict] = {}
+
+    def tensor(name):
+        f = files[name]
+        if f not in opened:
+            opened[f] = st.read(f)
+        return opened[f][name]
+    return place_weights(cfg, set(files), tensor, source=path, mesh=mesh)
+
+
+def place_weights(cfg: ModelConfig, available: set, tensor, *, source: str, mesh=None) -> Transformer:
+    """A ``Transformer`` of ``cfg`` whose weights are ``tensor(hf_name)`` (numpy, HF layout),
+    placed with the model's shardings; ``available`` is every tensor name the source holds.
+    Missing or unexpected tensors and wrong shapes are errors naming ``source``."""
     mesh = mesh or single_device_mesh()
     graphdef, abs_state = abstract_model(cfg, mesh)
     names = name_map(cfg)
-    files = _tensor_files(path)
-    unexpected = sorted(set(files) - set(names))
+    unexpected = sorted(set(available) - set(names))
     # tied checkpoints sometimes carry lm_head.weight as well: accept and ignore it
     unexpected = [u for u in unexpected if not (cfg.tie_embeddings and u == "lm_head.weight")]
-    missing = sorted(set(names) - set(files))
+    missing = sorted(set(names) - set(available))
     if missing or unexpected:
-        raise CheckpointError(f"{path}: checkpoint does not match the {cfg.num_layers}-layer "
+        raise CheckpointError(f"{source}: checkpoint does not match the {cfg.num_layers}-layer "
                               f"config: missing {missing[:8]}{'...' if len(missing) > 8 else ''}, "
                               f"unexpected {unexpected[:8]}{'...' if len(unexpected) > 8 else ''}")
     flat = dict(nnx.to_flat_state(abs_state))
-    opened: dict[str, dict] = {}
     for hf_name, (ours, transpose) in names.items():
-        f = files[hf_name]
-        if f not in opened:
-            opened[f] = st.read(f)
-        arr = opened[f][hf_name]
+        arr = tensor(hf_name)
         if transpose:
             arr = arr.T
         target = flat[ours]
         if tuple(arr.shape) != tuple(target.shape):
-            raise CheckpointError(f"{path}: {hf_name} has shape {tuple(arr.shape)} "
+            raise CheckpointError(f"{source}: {hf_name} has shape {tuple(arr.shape)} "
                                   f"(after transpose: {transpose}); the model expects {tuple(target.shape)}")
         target.set_value(jax.device_put(np.asarray(arr).astype(target.dtype), target.sharding))
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
