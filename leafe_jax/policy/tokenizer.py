@@ -30,7 +30,7 @@ from jinja2.exceptions import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import AddedToken, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
 
-from leafe_jax.policy.gguf import GGUFError, metadata, reader
+from leafe_jax.policy.gguf import metadata, reader
 
 CONTROL = 3                      # GGUF token_type of special (control) tokens
 BYTE_LEVEL_PRE = ("gpt2", "smollm")
