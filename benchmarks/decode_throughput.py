@@ -3,8 +3,8 @@
     pip install -e ".[test]"          # torch + transformers
     python benchmarks/decode_throughput.py
 
-For each model (``sokoban-small`` ~2M, ``sokoban-100m`` ~85M params, float32) and batch
-size: a prompt of ``--prompt`` tokens, ``--new`` greedy tokens; tokens/s = B * new / time
+For each model (``sokoban-small`` ~2M, ``sokoban-100m`` ~85M params, random weights, and the
+embedded pretrained SmolLM2-135M-Instruct, all float32) and batch size: a prompt of ``--prompt`` tokens, ``--new`` greedy tokens; tokens/s = B * new / time
 (median of ``--repeats`` after a warm-up that compiles). The same weights go to
 transformers (exported with ``save_hf``, loaded with ``LlamaForCausalLM``; torch uses the
 same 2 threads). Roofline of the whole call = prefill + every decode step, each
@@ -26,8 +26,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from leafe_jax.policy.config import get_config
+from leafe_jax.policy.gguf import load_gguf
 from leafe_jax.policy.hf import save_hf
 from leafe_jax.policy.model import create_model
+from leafe_jax.policy.pretrained import EMBEDDED, resolve
 from leafe_jax.policy.sampler import generate
 from leafe_jax.policy.sampling import Greedy
 
@@ -84,6 +86,21 @@ def call_roofline(cfg, B, prompt, new, peak, bw):
     return total, ("compute" if by_compute > total / 2 else "memory")
 
 
+def load_pair(name, torch, transformers):
+    """Our model and transformers' on the same float32 weights: random ones exported with
+    ``save_hf`` for our presets, the packaged GGUF (dequantized by both) for SmolLM2."""
+    if name in EMBEDDED:
+        import os
+        path = resolve(name)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(
+            os.path.dirname(path), gguf_file=os.path.basename(path), dtype=torch.float32).eval()
+        return load_gguf(path), hf
+    model = create_model(get_config(name), seed=0)
+    d = tempfile.mkdtemp()
+    save_hf(model, d, model_type="llama")
+    return model, transformers.LlamaForCausalLM.from_pretrained(d, dtype=torch.float32).eval()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--prompt", type=int, default=32)
@@ -91,6 +108,10 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--small-batches", default="1,64,256")
     ap.add_argument("--big-batches", default="1,64")
+    ap.add_argument("--llm-batches", default="1,16,64",
+                    help="batches for the embedded SmolLM2-135M-Instruct (GGUF -> float32, both sides)")
+    ap.add_argument("--only", default=None, help="comma-separated subset: sokoban-small, "
+                                                 "sokoban-100m, smollm2-135m-instruct")
     ap.add_argument("--out", default="benchmarks/results/decode_throughput.json")
     args = ap.parse_args()
 
@@ -101,12 +122,13 @@ def main():
     res = {"device": jax.devices()[0].device_kind, "matmul_peak_flops": peak,
            "memory_bw_bytes_per_s": bw, "prompt": args.prompt, "new_tokens": args.new, "rows": []}
     print(f"measured: matmul peak {peak / 1e9:.1f} GFLOP/s, bandwidth {bw / 1e9:.1f} GB/s", flush=True)
-    for name, batches in (("sokoban-small", args.small_batches), ("sokoban-100m", args.big_batches)):
-        cfg = get_config(name)
-        model = create_model(cfg, seed=0)
-        d = tempfile.mkdtemp()
-        save_hf(model, d, model_type="llama")
-        hf = transformers.LlamaForCausalLM.from_pretrained(d, torch_dtype=torch.float32).eval()
+    runs = (("sokoban-small", args.small_batches), ("sokoban-100m", args.big_batches),
+            ("smollm2-135m-instruct", args.llm_batches))
+    for name, batches in runs:
+        if args.only and name not in args.only.split(","):
+            continue
+        model, hf = load_pair(name, torch, transformers)
+        cfg = model.cfg
         for B in [int(b) for b in batches.split(",")]:
             rng = np.random.default_rng(B)
             prompts = rng.integers(1, cfg.vocab_size, (B, args.prompt)).astype(np.int32)
