@@ -68,3 +68,26 @@ def test_generate_command(capsys, smollm2):
     assert line == {"prompt": "What is the capital of France?", "response": "The capital of France is Paris."}
     assert main(["generate", "hi", "--max-new-tokens", "0"]) == 2
     assert "--max-new-tokens must be >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", [(2, 4, 1)])       # (8, 1, 1): the tiny-model test covers it
+def test_sharded_text_generation_equals_one_device(smollm2, shape):
+    """SmolLM2 (9 / 3 heads: tp 1 on 8 devices) with its weights over fsdp and the batch over
+    data gives the single-device tokens."""
+    from leafe_jax.policy.gguf import load_gguf
+    from leafe_jax.sharding import make_mesh
+
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (fake) devices")
+    model, tok = smollm2
+    chats = CHATS * 2                                   # 8 rows: the data axis divides them
+    a = generate_text(model, tok, chats, jax.random.key(0), max_new_tokens=16, stop_tokens=())
+    mesh = make_mesh(shape)
+    sharded = load_gguf(pretrained.resolve("smollm2-135m-instruct"), mesh=mesh)
+    assert len(sharded.layers[0].mlp.up.kernel[...].sharding.device_set) == 8
+    with jax.set_mesh(mesh):
+        b = generate_text(sharded, tok, chats, jax.random.key(0), max_new_tokens=16, stop_tokens=(),
+                          mesh=mesh)
+    assert [t.tolist() for t in a.tokens] == [t.tolist() for t in b.tokens]
+    np.testing.assert_allclose(np.concatenate(a.logprobs), np.concatenate(b.logprobs), atol=1e-3)
