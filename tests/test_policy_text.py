@@ -91,3 +91,27 @@ def test_sharded_text_generation_equals_one_device(smollm2, shape):
                           mesh=mesh)
     assert [t.tolist() for t in a.tokens] == [t.tolist() for t in b.tokens]
     np.testing.assert_allclose(np.concatenate(a.logprobs), np.concatenate(b.logprobs), atol=1e-3)
+
+
+@pytest.mark.slow
+def test_export_with_tokenizer_loads_in_transformers(smollm2, tmp_path):
+    torch = pytest.importorskip("torch")
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model, tok = smollm2
+    out = tmp_path / "hf"
+    pretrained.save_pretrained(model, tok, str(out))
+    ref_tok = AutoTokenizer.from_pretrained(str(out))
+    text = tok.render(CHATS[1], add_generation_prompt=True)
+    assert ref_tok.apply_chat_template(CHATS[1], tokenize=False, add_generation_prompt=True) == text
+    ids = tok.encode(text)
+    assert ref_tok(text, add_special_tokens=False).input_ids == ids
+    ref = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32)
+    with torch.no_grad():
+        want = ref(torch.tensor([ids])).logits.numpy()
+    # the same float32 weights; only reduction order differs (37 tokens, 30 layers, logits ~30)
+    assert np.abs(np.asarray(model(np.array([ids]))[0]) - want).max() <= 3e-4
+    back, back_tok = pretrained.load_pretrained(str(out))        # and our own loader
+    assert back_tok.encode(text) == ids and back.cfg.tie_embeddings
+    with pytest.raises(FileExistsError, match="refusing to overwrite"):
+        pretrained.save_pretrained(model, tok, str(out))

@@ -12,7 +12,7 @@ import importlib.util
 import os
 
 from leafe_jax.policy.gguf import load_gguf
-from leafe_jax.policy.hf import load_hf
+from leafe_jax.policy.hf import load_hf, save_hf
 from leafe_jax.policy.tokenizer import Tokenizer
 
 # name -> (package, file inside it, how to install it)
@@ -47,3 +47,12 @@ def load_pretrained(name_or_path: str = DEFAULT, *, mesh=None, dtype: str = "flo
         raise ValueError(f"{path}: neither a .gguf file nor a Hugging Face directory")
     tok.check_model(model.cfg.vocab_size, model=path)
     return model, tok
+
+
+def save_pretrained(model, tokenizer: Tokenizer, path: str) -> None:
+    """A (fine-tuned) model as a Hugging Face directory: safetensors + ``config.json`` + its
+    tokenizer files, loadable by transformers and by ``load_pretrained``."""
+    if os.path.exists(path) and os.listdir(path):
+        raise FileExistsError(f"{path} exists and is not empty; refusing to overwrite")
+    save_hf(model, path, model_type="qwen2" if model.cfg.qkv_bias else "llama")
+    tokenizer.save(path)

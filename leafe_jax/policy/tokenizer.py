@@ -99,6 +99,17 @@ class Tokenizer:
         return cls(tok, conf.get("chat_template"), tokname(conf.get("bos_token")),
                    tokname(conf.get("eos_token")), path)
 
+    def save(self, path: str) -> None:
+        """``tokenizer.json`` + ``tokenizer_config.json`` (special tokens, chat template): a
+        directory transformers' ``AutoTokenizer`` and ``Tokenizer.from_hf`` read back."""
+        os.makedirs(path, exist_ok=True)
+        self.tok.save(os.path.join(path, "tokenizer.json"))
+        conf = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": self.bos_token,
+                "eos_token": self.eos_token, "chat_template": self.chat_template,
+                "clean_up_tokenization_spaces": False}
+        with open(os.path.join(path, "tokenizer_config.json"), "w") as fh:
+            json.dump({k: v for k, v in conf.items() if v is not None}, fh, indent=1)
+
     # ------------------------------------------------------------------ tokens
     @property
     def vocab_size(self) -> int:
