@@ -115,3 +115,23 @@ def test_export_with_tokenizer_loads_in_transformers(smollm2, tmp_path):
     assert back_tok.encode(text) == ids and back.cfg.tie_embeddings
     with pytest.raises(FileExistsError, match="refusing to overwrite"):
         pretrained.save_pretrained(model, tok, str(out))
+
+
+@pytest.mark.slow
+def test_multi_turn_chat_reuses_the_cache(smollm2):
+    """Turn 2 prefills only its new tokens and gives what a fresh prefill of the whole
+    conversation gives."""
+    from leafe_jax.policy.text import ChatSession
+
+    model, tok = smollm2
+    s = ChatSession(model, tok, capacity=512)
+    chats = [list(c) for c in CHATS]
+    first = s.reply(chats, jax.random.key(0), max_new_tokens=24)
+    p1 = s.prefilled
+    for c, text in zip(chats, first.texts):
+        c += [{"role": "assistant", "content": text}, {"role": "user", "content": "Say it shorter."}]
+    second = s.reply(chats, jax.random.key(1), max_new_tokens=24)
+    full = [len(i) for i in encode_prompts(tok, chats)]
+    assert s.fresh_starts == 1 and s.prefilled - p1 < 0.5 * sum(full)    # only the new turn
+    fresh = generate_text(model, tok, chats, jax.random.key(1), max_new_tokens=24)
+    assert [t.tolist() for t in second.tokens] == [t.tolist() for t in fresh.tokens]

@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leafe_jax.policy.model import KVCache, Transformer, init_cache
+from leafe_jax.policy.model import KVCache, Transformer, cache_shardings, init_cache
+from leafe_jax.sharding import logical_sharding
 
 
 class SampleOutput(NamedTuple):
@@ -63,15 +64,43 @@ def decode(graphdef, state, last_logits_BxV, cache: KVCache, key, mask_BxV, *, m
         lp = jnp.where(done, 0.0, lp)
         toks = toks.at[:, i].set(tok)
         logps = logps.at[:, i].set(lp)
-        n = n + (~done).astype(jnp.int32)
+        live = (~done).astype(jnp.int32)
+        n = n + live
         done = done | jnp.isin(tok, stops)
-        lg, cache = model(tok[:, None], cache.lengths[:, None], cache=cache)
+        # the emitted token (a stop token too) joins the cache; finished rows stay as they
+        # were, so the cache holds exactly each row's context for a next turn
+        lg, cache = model(tok[:, None], cache.lengths[:, None], cache=cache,
+                          new_lengths_B=cache.lengths + live)
         return i + 1, lg[:, 0], cache, toks, logps, done, n
 
     init = (jnp.int32(0), last_logits_BxV, cache, jnp.full((B, N), pad_id, jnp.int32),
             jnp.zeros((B, N), jnp.float32), jnp.zeros((B,), bool), jnp.zeros((B,), jnp.int32))
     _, _, cache, toks, logps, done, n = jax.lax.while_loop(cond, body, init)
     return SampleOutput(toks, logps, n, done), cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+def extend(graphdef, state, tokens_BxL, lengths_B, cache: KVCache):
+    """Append ``lengths_B`` new tokens per row after what the cache holds (a new turn of a
+    chat: only the new tokens are prefilled); returns (logits at each row's last new token,
+    cache)."""
+    model = nnx.merge(graphdef, state)
+    T = tokens_BxL.shape[1]
+    pos = cache.lengths[:, None] + jnp.arange(T)[None]
+    logits, cache = model(tokens_BxL, pos, cache=cache, new_lengths_B=cache.lengths + lengths_B)
+    last = jnp.take_along_axis(logits, jnp.maximum(lengths_B - 1, 0)[:, None, None], 1)[:, 0]
+    return last, cache
+
+
+def new_cache(model: Transformer, batch: int, size: int, mesh=None) -> KVCache:
+    """An empty KV cache, sharded by KV heads (and batch) when a mesh is given."""
+    cache = init_cache(model.cfg, batch, size)
+    return cache if mesh is None else jax.device_put(cache, cache_shardings(mesh, model.cfg))
+
+
+def place_rows(tokens_BxL, lengths_B, mesh):
+    return (jax.device_put(tokens_BxL, logical_sharding(mesh, ("batch", None))),
+            jax.device_put(lengths_B, logical_sharding(mesh, ("batch",))))
 
 
 def generate(model: Transformer, prompts, lengths, key, *, max_new_tokens: int, strategy,
@@ -96,13 +125,9 @@ def generate(model: Transformer, prompts, lengths, key, *, max_new_tokens: int, 
     padded = np.full((B, Tb), pad_id, np.int32)
     padded[:, :T] = prompts
     graphdef, state = nnx.split(model)
-    cache = init_cache(model.cfg, B, S)
+    cache = new_cache(model, B, S, mesh)
     if mesh is not None:
-        from leafe_jax.policy.model import cache_shardings
-        from leafe_jax.sharding import logical_sharding
-        cache = jax.device_put(cache, cache_shardings(mesh, model.cfg))
-        bs = logical_sharding(mesh, ("batch", None))
-        padded, lengths = jax.device_put(padded, bs), jax.device_put(lengths, logical_sharding(mesh, ("batch",)))
+        padded, lengths = place_rows(padded, lengths, mesh)
     last, cache = prefill(graphdef, state, jnp.asarray(padded), jnp.asarray(lengths), cache)
     out, _ = decode(graphdef, state, last, cache, key, mask_BxV, max_new_tokens=max_new_tokens,
                     strategy=strategy, stop_tokens=tuple(stop_tokens), pad_id=pad_id)

@@ -13,10 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from leafe_jax.policy.pretrained import load_pretrained
-from leafe_jax.policy.sampler import generate
+from leafe_jax.policy.sampler import bucket, decode, extend, generate, new_cache, place_rows
 from leafe_jax.policy.sampling import Greedy, TopP
 from leafe_jax.policy.tokenizer import Tokenizer
 
@@ -95,3 +97,48 @@ def chat_generate(model_name: str, messages: list[str], *, max_new_tokens: int =
     strategy = Greedy() if temperature == 0 else TopP(p=top_p, temperature=temperature)
     return generate_text(model, tok, prompts, jax.random.key(seed), max_new_tokens=max_new_tokens,
                          strategy=strategy, stop=tuple(stop))
+
+
+class ChatSession:
+    """Multi-turn generation over one KV cache per row: a turn prefills only the tokens that
+    are new since the last one (the rendered conversation must extend what the cache holds:
+    the prompt and the tokens the model generated; otherwise - e.g. a reply that re-tokenizes
+    differently - every row is prefilled afresh). ``prefilled`` counts prefilled tokens."""
+
+    def __init__(self, model, tok: Tokenizer, *, capacity: int = 1024, mesh=None):
+        if capacity > model.cfg.max_seq_len:
+            raise ValueError(f"capacity {capacity} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
+        self.model, self.tok, self.capacity, self.mesh = model, tok, capacity, mesh
+        self.cache, self.history, self.prefilled, self.fresh_starts = None, None, 0, 0
+
+    def reply(self, conversations, key, *, max_new_tokens: int = 64, strategy=Greedy(),
+              stop_tokens=None) -> TextOutput:
+        ids = encode_prompts(self.tok, conversations)
+        B = len(ids)
+        reuse = (self.history is not None and len(self.history) == B
+                 and all(i[: len(h)] == h and len(i) > len(h) for i, h in zip(ids, self.history)))
+        if not reuse:
+            self.cache, self.history = new_cache(self.model, B, self.capacity, self.mesh), [[] for _ in ids]
+            self.fresh_starts += 1
+        new = [i[len(h):] for i, h in zip(ids, self.history)]
+        need = max(len(i) for i in ids) + max_new_tokens
+        if need > self.capacity:
+            raise ValueError(f"the conversation needs {need} cache slots; the session holds {self.capacity}")
+        arr = np.zeros((B, bucket(max(len(n) for n in new))), np.int32)
+        for r, n in enumerate(new):
+            arr[r, : len(n)] = n
+        lens = np.array([len(n) for n in new], np.int32)
+        if self.mesh is not None:
+            arr, lens = place_rows(arr, lens, self.mesh)
+        graphdef, state = nnx.split(self.model)
+        last, self.cache = extend(graphdef, state, jnp.asarray(arr), jnp.asarray(lens), self.cache)
+        stops = default_stop_tokens(self.tok) if stop_tokens is None else tuple(stop_tokens)
+        out, self.cache = decode(graphdef, state, last, self.cache, key, None,
+                                 max_new_tokens=max_new_tokens, strategy=strategy,
+                                 stop_tokens=stops, pad_id=0)
+        toks, lps, n, done = (np.asarray(x) for x in out)
+        self.prefilled += int(sum(len(x) for x in new))
+        self.history = [list(i) + toks[r, : n[r]].tolist() for r, i in enumerate(ids)]
+        return TextOutput([self.tok.decode(toks[r, : n[r]], skip_special=True) for r in range(B)],
+                          [toks[r, : n[r]] for r in range(B)], [lps[r, : n[r]] for r in range(B)],
+                          [bool(d) for d in done])
