@@ -132,6 +132,22 @@ def test_multi_turn_chat_reuses_the_cache(smollm2):
         c += [{"role": "assistant", "content": text}, {"role": "user", "content": "Say it shorter."}]
     second = s.reply(chats, jax.random.key(1), max_new_tokens=24)
     full = [len(i) for i in encode_prompts(tok, chats)]
-    assert s.fresh_starts == 1 and s.prefilled - p1 < 0.5 * sum(full)    # only the new turn
+    assert s.fresh_starts == 1 and s.rows_reset == 0 and s.prefilled - p1 < 0.5 * sum(full)
     fresh = generate_text(model, tok, chats, jax.random.key(1), max_new_tokens=24)
+    assert [t.tolist() for t in second.tokens] == [t.tolist() for t in fresh.tokens]
+
+
+def test_chat_session_resets_only_rows_whose_history_changed(smollm2):
+    from leafe_jax.policy.text import ChatSession
+
+    model, tok = smollm2
+    s = ChatSession(model, tok, capacity=256)
+    chats = [list(c) for c in CHATS[:2]]
+    first = s.reply(chats, jax.random.key(0), max_new_tokens=4)
+    chats[0] += [{"role": "assistant", "content": first.texts[0]}, {"role": "user", "content": "Again."}]
+    chats[1] += [{"role": "assistant", "content": "Something else entirely."},   # not what it said
+                 {"role": "user", "content": "Again."}]
+    second = s.reply(chats, jax.random.key(1), max_new_tokens=4)
+    assert s.fresh_starts == 1 and s.rows_reset == 1
+    fresh = generate_text(model, tok, chats, jax.random.key(1), max_new_tokens=4)
     assert [t.tolist() for t in second.tokens] == [t.tolist() for t in fresh.tokens]

@@ -44,10 +44,11 @@ def prefill(graphdef, state, tokens_BxL, lengths_B, cache: KVCache):
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "strategy", "stop_tokens",
-                                             "pad_id"), donate_argnames=("cache",))
+                                             "pad_id", "attend_slots"), donate_argnames=("cache",))
 def decode(graphdef, state, last_logits_BxV, cache: KVCache, key, mask_BxV, *, max_new_tokens: int,
-           strategy, stop_tokens: tuple[int, ...] = (), pad_id: int = 0):
-    """``lax.while_loop`` decode from the cache; returns (SampleOutput, cache)."""
+           strategy, stop_tokens: tuple[int, ...] = (), pad_id: int = 0, attend_slots: int | None = None):
+    """``lax.while_loop`` decode from the cache; returns (SampleOutput, cache). ``attend_slots``
+    (static) bounds the slots attention reads (no row may reach beyond it)."""
     model = nnx.merge(graphdef, state)
     B = last_logits_BxV.shape[0]
     N = max_new_tokens
@@ -70,7 +71,7 @@ def decode(graphdef, state, last_logits_BxV, cache: KVCache, key, mask_BxV, *, m
         # the emitted token (a stop token too) joins the cache; finished rows stay as they
         # were, so the cache holds exactly each row's context for a next turn
         lg, cache = model(tok[:, None], cache.lengths[:, None], cache=cache,
-                          new_lengths_B=cache.lengths + live)
+                          new_lengths_B=cache.lengths + live, attend_slots=attend_slots)
         return i + 1, lg[:, 0], cache, toks, logps, done, n
 
     init = (jnp.int32(0), last_logits_BxV, cache, jnp.full((B, N), pad_id, jnp.int32),
@@ -79,15 +80,16 @@ def decode(graphdef, state, last_logits_BxV, cache: KVCache, key, mask_BxV, *, m
     return SampleOutput(toks, logps, n, done), cache
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
-def extend(graphdef, state, tokens_BxL, lengths_B, cache: KVCache):
+@functools.partial(jax.jit, static_argnames=("graphdef", "attend_slots"), donate_argnames=("cache",))
+def extend(graphdef, state, tokens_BxL, lengths_B, cache: KVCache, attend_slots: int | None = None):
     """Append ``lengths_B`` new tokens per row after what the cache holds (a new turn of a
     chat: only the new tokens are prefilled); returns (logits at each row's last new token,
     cache)."""
     model = nnx.merge(graphdef, state)
     T = tokens_BxL.shape[1]
     pos = cache.lengths[:, None] + jnp.arange(T)[None]
-    logits, cache = model(tokens_BxL, pos, cache=cache, new_lengths_B=cache.lengths + lengths_B)
+    logits, cache = model(tokens_BxL, pos, cache=cache, new_lengths_B=cache.lengths + lengths_B,
+                          attend_slots=attend_slots)
     last = jnp.take_along_axis(logits, jnp.maximum(lengths_B - 1, 0)[:, None, None], 1)[:, 0]
     return last, cache
 

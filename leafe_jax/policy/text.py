@@ -101,25 +101,29 @@ def chat_generate(model_name: str, messages: list[str], *, max_new_tokens: int =
 
 class ChatSession:
     """Multi-turn generation over one KV cache per row: a turn prefills only the tokens that
-    are new since the last one (the rendered conversation must extend what the cache holds:
-    the prompt and the tokens the model generated; otherwise - e.g. a reply that re-tokenizes
-    differently - every row is prefilled afresh). ``prefilled`` counts prefilled tokens."""
+    are new since the last one. The rendered conversation must extend what the row's cache
+    holds (its prompt and the tokens the model generated); a row where it does not - a reply
+    that re-tokenizes differently - is prefilled afresh alone (``rows_reset`` counts them).
+    ``prefilled`` counts prefilled tokens."""
 
     def __init__(self, model, tok: Tokenizer, *, capacity: int = 1024, mesh=None):
         if capacity > model.cfg.max_seq_len:
             raise ValueError(f"capacity {capacity} exceeds the model's max_seq_len {model.cfg.max_seq_len}")
         self.model, self.tok, self.capacity, self.mesh = model, tok, capacity, mesh
-        self.cache, self.history, self.prefilled, self.fresh_starts = None, None, 0, 0
+        self.cache, self.history, self.prefilled, self.fresh_starts, self.rows_reset = None, None, 0, 0, 0
 
     def reply(self, conversations, key, *, max_new_tokens: int = 64, strategy=Greedy(),
               stop_tokens=None) -> TextOutput:
         ids = encode_prompts(self.tok, conversations)
         B = len(ids)
-        reuse = (self.history is not None and len(self.history) == B
-                 and all(i[: len(h)] == h and len(i) > len(h) for i, h in zip(ids, self.history)))
-        if not reuse:
+        if self.history is None or len(self.history) != B:
             self.cache, self.history = new_cache(self.model, B, self.capacity, self.mesh), [[] for _ in ids]
             self.fresh_starts += 1
+        keep = np.array([i[: len(h)] == h and len(i) > len(h) for i, h in zip(ids, self.history)])
+        if not keep.all():                  # those rows start over (stale slots are masked)
+            self.cache = self.cache.replace(lengths=jnp.where(jnp.asarray(keep), self.cache.lengths, 0))
+            self.history = [h if k else [] for h, k in zip(self.history, keep)]
+            self.rows_reset += int((~keep).sum())
         new = [i[len(h):] for i, h in zip(ids, self.history)]
         need = max(len(i) for i in ids) + max_new_tokens
         if need > self.capacity:
@@ -131,11 +135,14 @@ class ChatSession:
         if self.mesh is not None:
             arr, lens = place_rows(arr, lens, self.mesh)
         graphdef, state = nnx.split(self.model)
-        last, self.cache = extend(graphdef, state, jnp.asarray(arr), jnp.asarray(lens), self.cache)
+        # attention reads only the occupied slots (a power of two: few compilations)
+        attend = min(self.capacity, bucket(need, 64))
+        last, self.cache = extend(graphdef, state, jnp.asarray(arr), jnp.asarray(lens), self.cache,
+                                  attend_slots=attend)
         stops = default_stop_tokens(self.tok) if stop_tokens is None else tuple(stop_tokens)
         out, self.cache = decode(graphdef, state, last, self.cache, key, None,
                                  max_new_tokens=max_new_tokens, strategy=strategy,
-                                 stop_tokens=stops, pad_id=0)
+                                 stop_tokens=stops, pad_id=0, attend_slots=attend)
         toks, lps, n, done = (np.asarray(x) for x in out)
         self.prefilled += int(sum(len(x) for x in new))
         self.history = [list(i) + toks[r, : n[r]].tolist() for r, i in enumerate(ids)]
