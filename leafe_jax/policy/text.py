@@ -59,28 +59,35 @@ def encode_prompts(tok: Tokenizer, prompts) -> list[list[int]]:
     return out
 
 
-def generate_text(model, tok: Tokenizer, prompts, key, *, max_new_tokens: int = 64,
-                  strategy=Greedy(), stop: tuple[str, ...] = (), stop_tokens=None,
-                  mesh=None) -> TextOutput:
-    ids = encode_prompts(tok, prompts)
-    T = max(len(i) for i in ids)
-    pad = 0
-    arr = np.full((len(ids), T), pad, np.int32)
-    for r, i in enumerate(ids):
-        arr[r, : len(i)] = i
-    stops = default_stop_tokens(tok) if stop_tokens is None else tuple(stop_tokens)
-    out = generate(model, arr, np.array([len(i) for i in ids], np.int32), key,
-                   max_new_tokens=max_new_tokens, strategy=strategy, stop_tokens=stops, pad_id=pad,
-                   mesh=mesh)
+def _right_padded(rows: list[list[int]], width: int | None = None):
+    """``(tokens int32 [B, width], lengths int32 [B])``, padded with 0 on the right."""
+    arr = np.zeros((len(rows), width or max(len(r) for r in rows)), np.int32)
+    for i, r in enumerate(rows):
+        arr[i, : len(r)] = r
+    return arr, np.array([len(r) for r in rows], np.int32)
+
+
+def _text_output(tok: Tokenizer, out, stop: tuple[str, ...] = ()) -> TextOutput:
+    """A sampler's ``SampleOutput`` as text, cut at the first stop string."""
     toks, lps, n, done = (np.asarray(x) for x in out)
     texts, finished = [], []
-    for r in range(len(ids)):
+    for r in range(len(n)):
         text = tok.decode(toks[r, : n[r]], skip_special=True)
         cut = min((text.index(s) for s in stop if s in text), default=None)
         texts.append(text if cut is None else text[:cut])
         finished.append(bool(done[r]) or cut is not None)
-    return TextOutput(texts, [toks[r, : n[r]] for r in range(len(ids))],
-                      [lps[r, : n[r]] for r in range(len(ids))], finished)
+    return TextOutput(texts, [toks[r, : n[r]] for r in range(len(n))],
+                      [lps[r, : n[r]] for r in range(len(n))], finished)
+
+
+def generate_text(model, tok: Tokenizer, prompts, key, *, max_new_tokens: int = 64,
+                  strategy=Greedy(), stop: tuple[str, ...] = (), stop_tokens=None,
+                  mesh=None) -> TextOutput:
+    arr, lens = _right_padded(encode_prompts(tok, prompts))
+    stops = default_stop_tokens(tok) if stop_tokens is None else tuple(stop_tokens)
+    out = generate(model, arr, lens, key, max_new_tokens=max_new_tokens, strategy=strategy,
+                   stop_tokens=stops, pad_id=0, mesh=mesh)
+    return _text_output(tok, out, stop)
 
 
 def chat_generate(model_name: str, messages: list[str], *, max_new_tokens: int = 64,
@@ -128,10 +135,7 @@ class ChatSession:
         need = max(len(i) for i in ids) + max_new_tokens
         if need > self.capacity:
             raise ValueError(f"the conversation needs {need} cache slots; the session holds {self.capacity}")
-        arr = np.zeros((B, bucket(max(len(n) for n in new))), np.int32)
-        for r, n in enumerate(new):
-            arr[r, : len(n)] = n
-        lens = np.array([len(n) for n in new], np.int32)
+        arr, lens = _right_padded(new, bucket(max(len(n) for n in new)))
         if self.mesh is not None:
             arr, lens = place_rows(arr, lens, self.mesh)
         graphdef, state = nnx.split(self.model)
@@ -143,9 +147,7 @@ class ChatSession:
         out, self.cache = decode(graphdef, state, last, self.cache, key, None,
                                  max_new_tokens=max_new_tokens, strategy=strategy,
                                  stop_tokens=stops, pad_id=0, attend_slots=attend)
-        toks, lps, n, done = (np.asarray(x) for x in out)
+        text = _text_output(self.tok, out)
         self.prefilled += int(sum(len(x) for x in new))
-        self.history = [list(i) + toks[r, : n[r]].tolist() for r, i in enumerate(ids)]
-        return TextOutput([self.tok.decode(toks[r, : n[r]], skip_special=True) for r in range(B)],
-                          [toks[r, : n[r]] for r in range(B)], [lps[r, : n[r]] for r in range(B)],
-                          [bool(d) for d in done])
+        self.history = [list(i) + t.tolist() for i, t in zip(ids, text.tokens)]
+        return text

@@ -73,8 +73,9 @@ class Tokenizer:
         tok.decoder = decoders.ByteLevel()
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False)
                                 for t, ty in zip(tokens, types) if ty == CONTROL])
-        name = lambda key: tokens[int(metadata(r, key, -1, path=path))] \
-            if metadata(r, key, -1, path=path) != -1 else None
+        def name(key):
+            i = int(metadata(r, key, -1, path=path))
+            return None if i == -1 else tokens[i]
         return cls(tok, metadata(r, "tokenizer.chat_template", "", path=path) or None,
                    name("tokenizer.ggml.bos_token_id"), name("tokenizer.ggml.eos_token_id"), path)
 
