@@ -69,10 +69,6 @@ class SymbolicSession:
         self.S = context_size(self.env, self.max_depth, self.T)
         _, self.s0 = jax.vmap(lambda lv: self.env.reset_to_level(lv, self.params))(self.levels)
 
-    def _keys(self, keys, rows):
-        keys = jnp.asarray(keys)
-        return jnp.concatenate([keys, jnp.repeat(keys[:1], rows - len(keys), 0)]) if rows > len(keys) else keys
-
     def _out(self, eps, traj, R) -> Rollouts:
         eps = jax.tree.map(lambda x: x[:R], eps)
         return Rollouts(eps, np.asarray(traj.num_steps)[:R], np.asarray(traj.token_len)[:R])
@@ -89,7 +85,7 @@ class SymbolicSession:
             se = _pad(np.asarray(start_experience, np.int32), rows)
             prefix = np.concatenate([np.full((rows, 1), E.BOS, np.int32), se], 1)
             plen = np.where(se[:, 0] == E.EXP, 1 + E.EXP_LEN, 1).astype(np.int32)
-        traj = rollout(self.model, self.env, self.params, states, self._keys(keys, rows),
+        traj = rollout(self.model, self.env, self.params, states, _pad_rows(jnp.asarray(keys), rows),
                        num_steps=self.T, prefix=prefix, prefix_len=plen,
                        temperature=self.temperature, cache_size=self.S)
         return self._out(from_trajectory(traj, self.S), traj, R)
@@ -104,7 +100,7 @@ class SymbolicSession:
         longest = int(jnp.max(plen))
         P = min(round_up(longest, 64), self.S - E.turn_length(self.env.height, self.env.width) - E.EXP_LEN)
         assert longest <= P, (longest, P, self.S)
-        traj = rollout(self.model, self.env, self.params, states, self._keys(keys, rows),
+        traj = rollout(self.model, self.env, self.params, states, _pad_rows(jnp.asarray(keys), rows),
                        num_steps=self.T, prefix=prefix[:, :P], prefix_len=plen, first_feedback=fb,
                        experience=_pad(np.asarray(experience, np.int32), rows) if use_experience else None,
                        forbidden=_pad(np.asarray(forbidden, bool), rows) if use_mask else None,
