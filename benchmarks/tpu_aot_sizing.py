@@ -28,7 +28,7 @@ from leafe_jax.train.sizing import compile_train_step
 GiB = 1024 ** 3
 HBM_GIB = {"TPU v5 lite": 16, "TPU v5": 95, "TPU v6 lite": 32, "TPU v4": 32}
 
-# (model, topology, mesh (data, fsdp, tp), global batch, seq len, remat)
+# (model, topology, mesh (data, fsdp, tp), global batch, seq len, remat[, scan_layers])
 CASES = [
     ("qwen2.5-7b", "v5e:8x8", (1, 64, 1), 64, 2048, True),
     ("qwen2.5-7b", "v5e:8x8", (1, 64, 1), 64, 2048, False),
@@ -38,20 +38,24 @@ CASES = [
     ("qwen2.5-72b", "v5p:4x4x4", (1, 16, 4), 64, 2048, True),
     ("qwen2.5-72b", "v5e:8x8", (1, 64, 1), 64, 2048, True),
     ("qwen2.5-72b", "v5e:16x16", (1, 256, 1), 256, 2048, True),
+    # the layers under lax.scan (ModelConfig.scan_layers): one layer's gathered weights live
+    ("qwen2.5-7b", "v5e:8x8", (1, 64, 1), 64, 2048, True, True),
+    ("qwen2.5-72b", "v5p:4x4x4", (1, 64, 1), 64, 2048, True, True),
+    ("qwen2.5-7b", "v5p:4x4x4", (1, 64, 1), 64, 4096, True, True),
 ]
 QUICK = [("qwen2.5-0.5b", "v5e:4x4", (1, 16, 1), 16, 1024, True)]
 
 
-def size_case(model, topology, mesh_shape, batch, seq, remat):
+def size_case(model, topology, mesh_shape, batch, seq, remat, scan=False):
     from jax.experimental import topologies
 
     topo = topologies.get_topology_desc(topology_name=topology, platform="tpu")
     mesh = make_mesh(mesh_shape, devices=topo.devices)
-    cfg = with_dtype_policy(get_config(model), "bf16-mixed").replace(remat=remat)
+    cfg = with_dtype_policy(get_config(model), "bf16-mixed").replace(remat=remat, scan_layers=scan)
     kind = topo.devices[0].device_kind
     rec = {"model": model, "topology": topology, "chips": len(topo.devices), "device_kind": kind,
            "mesh": dict(zip(("data", "fsdp", "tp"), mesh_shape)), "global_batch": batch,
-           "seq_len": seq, "remat": remat, "dtype_policy": "bf16-mixed",
+           "seq_len": seq, "remat": remat, "scan_layers": scan, "dtype_policy": "bf16-mixed",
            "hbm_gib": HBM_GIB.get(kind)}
     t0 = time.perf_counter()
     try:
@@ -103,11 +107,11 @@ def main():
         mesh = ",".join(str(v) for v in r["mesh"].values())
         if "total_gib" in r:
             print(f"| {r['model']} | {r['topology']} ({r['chips']} chips) | {mesh} | {r['global_batch']}x{r['seq_len']} "
-                  f"| {r['remat']} | {r['argument_gib']:.2f} | {r['temp_gib']:.2f} | {r['total_gib']:.2f} "
+                  f"| {r['remat']}{' + scan' if r.get('scan_layers') else ''} | {r['argument_gib']:.2f} | {r['temp_gib']:.2f} | {r['total_gib']:.2f} "
                   f"| {r['hbm_gib']} | {'yes' if r['fits'] else 'no'} |")
         else:
             print(f"| {r['model']} | {r['topology']} ({r['chips']} chips) | {mesh} | {r['global_batch']}x{r['seq_len']} "
-                  f"| {r['remat']} | - | {r.get('temp_gib_required', '?')} (refused) | - | {r['hbm_gib']} | no |")
+                  f"| {r['remat']}{' + scan' if r.get('scan_layers') else ''} | - | {r.get('temp_gib_required', '?')} (refused) | - | {r['hbm_gib']} | no |")
 
 
 if __name__ == "__main__":

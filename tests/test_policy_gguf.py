@@ -112,6 +112,11 @@ def test_smollm2_logits_match_transformers_gguf_loading(smollm2_path):
 
     path = smollm2_path
     model = load_gguf(path)
+    # the architecture preset (random-weight decode benchmarks) is this file's architecture
+    preset = get_config("smollm2-135m")
+    assert model.cfg.replace(name=preset.name, rms_norm_eps=preset.rms_norm_eps, head_dim=None) == preset
+    assert model.cfg.hd == preset.hd == 64
+    assert model.cfg.rms_norm_eps == pytest.approx(preset.rms_norm_eps, rel=1e-6)
     ref = AutoModelForCausalLM.from_pretrained(os.path.dirname(path), gguf_file=os.path.basename(path),
                                                dtype=torch.float32)
     toks = np.array([[1, 9690, 198, 2683, 359, 253, 5356, 5646, 11, 2, 198, 1, 4093, 198, 19556, 30],

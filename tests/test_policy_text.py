@@ -148,3 +148,60 @@ def test_chat_session_resets_only_rows_whose_history_changed(smollm2):
     assert s.fresh_starts == 1 and s.rows_reset == 1
     fresh = generate_text(model, tok, chats, jax.random.key(1), max_new_tokens=4)
     assert [t.tolist() for t in second.tokens] == [t.tolist() for t in fresh.tokens]
+
+
+def _stand_in_gcs(monkeypatch, root):
+    """``gs://`` served from a local directory: etils.epath's own fsspec backend, with the
+    GCS filesystem replaced by a local one that maps ``gs://bucket/x`` to ``root/bucket/x``."""
+    from etils.epath import backend, gpath
+    from fsspec.implementations.local import LocalFileSystem
+
+    class StandInGCS(LocalFileSystem):
+        @classmethod
+        def _strip_protocol(cls, path):
+            path = str(path)
+            return str(root / path[len("gs://"):]) if path.startswith("gs://") else super()._strip_protocol(path)
+
+    fs = StandInGCS()
+    monkeypatch.setattr(gpath, "_is_tf_installed", lambda: False)
+    monkeypatch.setattr(backend.fsspec_backend, "fs", lambda path: fs)
+
+
+def test_models_load_from_gs_paths_through_the_local_cache(smollm2, smollm2_path, tmp_path, monkeypatch):
+    import shutil
+
+    model, tok = smollm2
+    bucket = tmp_path / "gcs"
+    _stand_in_gcs(monkeypatch, bucket)
+    monkeypatch.setenv("LEAFE_MODEL_CACHE", str(tmp_path / "cache"))
+    (bucket / "bkt" / "gguf").mkdir(parents=True)
+    shutil.copy(smollm2_path, bucket / "bkt" / "gguf" / "m.gguf")
+    pretrained.save_pretrained(model, tok, str(bucket / "bkt" / "hf"))
+    ids = np.array([tok.encode("Push the box onto the target.")])
+    want = np.asarray(model(ids)[0])
+    for uri in ("gs://bkt/gguf/m.gguf", "gs://bkt/hf"):
+        got, got_tok = pretrained.load_pretrained(uri)
+        np.testing.assert_allclose(np.asarray(got(ids)[0]), want, atol=1e-5)
+        assert got_tok.encode("Push the box onto the target.") == ids[0].tolist()
+    local = pretrained.resolve("gs://bkt/hf")
+    assert local == str(tmp_path / "cache" / "gs" / "bkt" / "hf")
+    assert sorted(os.listdir(local)) == sorted(os.listdir(bucket / "bkt" / "hf"))   # no .partial left
+    stamp = os.stat(os.path.join(local, "model.safetensors")).st_mtime_ns
+    assert pretrained.resolve("gs://bkt/hf") == local           # a second call copies nothing
+    assert os.stat(os.path.join(local, "model.safetensors")).st_mtime_ns == stamp
+    with pytest.raises(FileNotFoundError, match="gs://bkt/none: no such remote model"):
+        pretrained.resolve("gs://bkt/none")
+
+
+def test_text_generation_does_not_retrace(smollm2):
+    """Other prompts of other lengths (in the same bucket) and other keys reuse the compiled
+    prefill and decode: a sweep over prompts compiles once."""
+    from leafe_jax.policy.sampler import decode, prefill
+
+    model, tok = smollm2
+    generate_text(model, tok, ["Hello", "Name a colour"], jax.random.key(0), max_new_tokens=4)
+    generate_text(model, tok, CHATS[:2], jax.random.key(0), max_new_tokens=4)   # the 32-bucket
+    sizes = prefill._cache_size(), decode._cache_size()
+    generate_text(model, tok, ["Sokoban is a puzzle about", "Hi"], jax.random.key(1), max_new_tokens=4)
+    generate_text(model, tok, CHATS[2:], jax.random.key(2), max_new_tokens=4)
+    assert (prefill._cache_size(), decode._cache_size()) == sizes

@@ -37,6 +37,8 @@ class ModelConfig:
     param_dtype: str = "float32"         # "float32" | "bfloat16"
     dtype: str = "float32"               # compute dtype
     remat: bool = False                  # recompute each block's activations in the backward pass
+    scan_layers: bool = False            # full forward: lax.scan over the blocks (MaxText's
+                                         # scan_layers): one layer's gathered weights live at a time
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -120,6 +122,11 @@ PRESETS = {c.name: c for c in [
     ModelConfig(name="sokoban-100m", vocab_size=128, hidden_size=768, intermediate_size=3072,
                 num_layers=12, num_heads=12, num_kv_heads=4, max_seq_len=2048,
                 tie_embeddings=True),
+    # The embedded SmolLM2-135M-Instruct's architecture (its weights: policy/pretrained.py);
+    # random weights of this shape measure decode where the GGUF file is not at hand.
+    ModelConfig(name="smollm2-135m", vocab_size=49152, hidden_size=576, intermediate_size=1536,
+                num_layers=30, num_heads=9, num_kv_heads=3, rope_theta=100_000.0,
+                rms_norm_eps=1e-5, tie_embeddings=True, max_seq_len=8192),
     ModelConfig(name="qwen2.5-0.5b", vocab_size=151936, hidden_size=896, intermediate_size=4864,
                 num_layers=24, num_heads=14, num_kv_heads=2, rope_theta=1_000_000.0,
                 qkv_bias=True, tie_embeddings=True, max_seq_len=32768, param_dtype="bfloat16",

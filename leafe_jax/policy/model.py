@@ -201,7 +201,9 @@ class Transformer(nnx.Module):
         act = ("act_batch", "act_seq", "act_embed")
         x = constrain(self.embed(tokens_BxL), act)
         ks, vs = [], []
-        for i, layer in enumerate(self.layers):
+        if cache is None and self.cfg.scan_layers:
+            x = _scan_blocks(self.layers, x, cos, sin, positions_BxL, valid_BxL, self.cfg.remat)
+        for i, layer in enumerate([] if cache is None and self.cfg.scan_layers else self.layers):
             if cache is None and self.cfg.remat:      # training: keep only block inputs
                 x, _ = _remat_block(layer, x, cos, sin, positions_BxL, valid_BxL)
                 x = constrain(x, act)
@@ -225,6 +227,21 @@ class Transformer(nnx.Module):
 @nnx.remat
 def _remat_block(layer, x, cos, sin, pos, valid):
     return layer(x, cos, sin, pos, valid, None, None)
+
+
+def _scan_blocks(layers, x, cos, sin, pos, valid, remat: bool):
+    """The blocks as one ``lax.scan`` over their stacked weights (stacked at call time:
+    storage, checkpoints and loaders keep one module per layer). Under fsdp the compiler then
+    gathers one layer's weights per iteration instead of keeping every layer's live at once;
+    gradients flow back to each layer's own weights through the stack."""
+    graphdef, _ = nnx.split(layers[0])
+    stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(layer) for layer in layers])
+
+    def body(x, state):
+        y, _ = nnx.merge(graphdef, state)(x, cos, sin, pos, valid, None, None)
+        return constrain(y, ("act_batch", "act_seq", "act_embed")), None
+
+    return jax.lax.scan(jax.checkpoint(body) if remat else body, x, stacked)[0]
 
 
 def create_model(cfg: ModelConfig, seed: int = 0, mesh=None) -> Transformer:
