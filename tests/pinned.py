@@ -17,6 +17,11 @@ from leafe_jax.leafe.tree import ARRAY_FIELDS, load_tree
 COMPARISON = {"baselines": {"methods": ["grpo", "early_experience"]},
               "stage1": {"strategies": ["rollback", "independent", "refine", "rollback_oracle"]},
               "stage2": {"variants": ["leafe", "rehearsal", "bc"]}}
+# The pre-redesign code's budgets and Stage-2 objective, kept as named options: no stopping
+# at a task's first success, children may repeat an ancestor's (tau, experience), one
+# pooled mean over all action tokens, and e2p also where a'_tau repeated the parent's a_tau.
+LEGACY = {"stage1": {"explore": {"stop_at_first_success": False, "dedupe_path": False}},
+          "stage2": {"distill": {"loss": "pooled", "changed_only": False}}}
 PINNED = os.path.join(os.path.dirname(__file__), "data", "pinned_tiny_pipeline.json")
 
 
@@ -43,6 +48,9 @@ def fingerprint(wd: str, preset: str = "verl6x6") -> dict:
     for v in sorted(os.listdir(os.path.join(wd, "data"))):
         with open(os.path.join(wd, "data", v, "stats.json")) as fh:
             st = json.load(fh)
+        # a counter added since (e2p dropped because a'_tau = a_tau): 0 under LEGACY
+        if st.pop("e2p_same_action", 0):
+            raise AssertionError(f"data/{v}: e2p examples were dropped under LEGACY")
         out[f"data/{v}/stats"] = st
         if st["examples"]:
             src = sft_source(os.path.join(wd, "data", v))

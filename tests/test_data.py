@@ -112,6 +112,19 @@ def test_process_shards_are_disjoint_and_cover(sft_dir):
         sft_batches(src, batch_size=5, max_len=32, seed=0, process_index=0, process_count=2)
 
 
+def test_batches_carry_each_examples_loss_group(sft_dir):
+    src = sft_source(sft_dir)
+    groups = {"demo": 0, "e2p": 1, "rehearsal": 2}
+    b = next(sft_batches(src, batch_size=40, max_len=32, seed=0, groups=groups))
+    by_len = {(len(r), tuple(r)): s for r, s in zip(records().tokens, records().source)}
+    for t, g, m in zip(b["tokens"], b["group"], b["loss_mask"]):
+        L = next(L for L in range(len(t), 0, -1) if (len(t[:L]), tuple(t[:L])) in by_len)
+        assert groups[by_len[(L, tuple(t[:L]))]] == g
+    assert sorted(np.bincount(b["group"])) == [10, 10, 20]
+    with pytest.raises(Exception, match="source 'demo' has no loss group"):
+        next(sft_batches(src, batch_size=4, max_len=32, seed=0, groups={"e2p": 0, "rehearsal": 1}))
+
+
 def test_too_long_example_is_named(sft_dir):
     it = sft_batches(sft_source(sft_dir), batch_size=40, max_len=16, seed=0, buckets=(16,))
     with pytest.raises(Exception, match="more than max_len 16"):

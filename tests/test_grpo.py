@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from leafe_jax.baselines.grpo import (GRPOConfig, group_advantages, grpo_objective, kl_k3,
-                                      token_logprobs, train_grpo)
+from leafe_jax.baselines.grpo import (GRPOConfig, group_advantages, grpo_objective, grpo_optim,
+                                      kl_k3, token_logprobs, train_grpo)
 
 
 def test_group_advantages_hand_worked():
@@ -80,6 +80,16 @@ def test_gradients_flow_only_through_action_tokens():
     assert any(float(jnp.abs(x).max()) > 0 for x in jax.tree.leaves(nnx.state(some, nnx.Param)))
 
 
+def test_grpo_schedule_spans_every_update():
+    from leafe_jax.train.optim import make_schedule
+    gc = GRPOConfig(epochs=2, minibatches=2, learning_rate=1e-3)
+    oc = grpo_optim(gc, 10)
+    assert (oc.total_steps, oc.warmup_steps) == (40, 4)
+    lr = np.array([float(make_schedule(oc)(i)) for i in range(41)])
+    assert lr[4] == pytest.approx(1e-3) and (np.diff(lr[4:]) < 0).all()   # decays to the end
+    assert lr[20] > 2 * lr[40] and lr[40] == pytest.approx(1e-4)        # not at the floor halfway
+
+
 def test_grpo_raises_success_on_a_one_step_level(tmp_path):
     from sokoban_cases import level
     from leafe_jax.envs.sokoban import Sokoban
@@ -87,7 +97,7 @@ def test_grpo_raises_success_on_a_one_step_level(tmp_path):
     from leafe_jax.eval.sweep import sample_success
     from leafe_jax.policy.config import get_config
     from leafe_jax.policy.model import create_model
-    from leafe_jax.train.optim import OptimConfig, create_optimizer
+    from leafe_jax.train.optim import create_optimizer
 
     lv, H, W = level("""
 |#####
@@ -101,9 +111,10 @@ def test_grpo_raises_success_on_a_one_step_level(tmp_path):
     model, ref = create_model(cfg, seed=0), create_model(cfg, seed=0)
     ref_before = jax.tree.map(np.asarray, nnx.state(ref, nnx.Param))
     before = sample_success(model, env, params, levels, 64, jax.random.key(9), progress=False).mean()
-    opt = create_optimizer(model, OptimConfig(learning_rate=3e-2, warmup_steps=0, total_steps=12))
-    gc = GRPOConfig(tasks_per_step=4, group_size=8, minibatches=2, epochs=2)
+    gc = GRPOConfig(tasks_per_step=4, group_size=8, minibatches=2, epochs=2, learning_rate=3e-2)
+    opt = create_optimizer(model, grpo_optim(gc, 12))
     final = train_grpo(model, ref, env, params, levels, gc, opt, 12, tmp_path, progress=False)
+    assert int(opt.step[...]) == 12 * 2 * 2 == grpo_optim(gc, 12).total_steps   # every update
     after = sample_success(model, env, params, levels, 64, jax.random.key(9), progress=False).mean()
     assert before < 0.5 and after > before + 0.3, (before, after)
     assert final["kl"] >= 0 and 0 <= final["clip_frac"] <= 1 and final["env_steps_this_run"] == 12 * 32

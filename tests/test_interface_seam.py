@@ -56,6 +56,7 @@ def scripted_policy(obs: str, avoid: str | None, u: float) -> str:
 
 class Session:
     experience_shape, num_actions = (2,), 2
+    restores_by_snapshot = False          # reset + replay, charged to env_steps here
 
     def __init__(self, tasks):
         self.tasks = np.asarray(tasks)
@@ -130,6 +131,9 @@ class TextCorridor:
     def session(self, policy, tasks, *, max_depth, temperature):
         return Session(tasks)
 
+    def action(self, episode, t: int) -> int:
+        return int(episode.actions[t])
+
     def sft_example(self, episode, first, last):
         toks, mask = [], []
         for t in range(last + 1):
@@ -190,7 +194,12 @@ def test_host_side_agent_runs_the_search(run):
         # the replay steps are charged to the budget
         assert tree.env_steps[b, n] == ep.num_steps[b, n]
     ind = json.load(open(wd / "stage1" / "independent" / "stats.json"))
-    assert ind["rollouts"] == cfg.stage1.explore.budget * len(TASKS) and ind["successful_branches"] == 0
+    it = load_tree(str(wd / "stage1" / "independent" / "tree.npz"), agent.episode_like(), as_jax=False)
+    K = cfg.stage1.explore.budget
+    first = np.where(it.valid & it.solved, it.order, K).min(1)       # stops at its first success
+    assert (it.valid.sum(1) == np.minimum(first + 1, K)).all() and (first < K - 1).any()
+    assert ind["rollouts"] == int(it.valid.sum()) < K * len(TASKS) and ind["successful_branches"] == 0
+    assert ind["task_env_steps"] == (it.env_steps * (it.order <= first[:, None]) * it.valid).sum(1).tolist()
     text = open(wd / "stage1" / "rollback" / "trees.txt").read()
     assert "corridor task" in text and "tau=" in text and "avoid " in text
 

@@ -1,6 +1,7 @@
 """LEAFE: reflectors on hand-built episodes, rollback trees (restore = replay, K/D/BFS),
 Stage-2 datasets (no experience in e2p, rehearsal only from successes, action-only masks)."""
 
+import dataclasses
 import jax
 import numpy as np
 import pytest
@@ -169,7 +170,7 @@ def test_branches_restore_the_parent_state_and_prefix_exactly(setup, rollback_tr
     assert checked >= 3
 
 
-def test_strategies_spend_equal_rollouts_and_share_the_first(setup, rollback_tree):
+def test_strategies_stop_at_first_success_and_share_the_first(setup, rollback_tree):
     model, env, params, levels = setup
     tree, _ = rollback_tree
     agent = SymbolicSokoban(env, params)
@@ -177,7 +178,21 @@ def test_strategies_spend_equal_rollouts_and_share_the_first(setup, rollback_tre
                   progress=False)
     ref = explore(agent, model, levels.level, jax.random.key(1), ExploreConfig(budget=6), "refine",
                   progress=False)
-    assert ind.valid.sum(1).tolist() == [6] * 12 == ref.valid.sum(1).tolist()
+    # each task stops at its first success (K rollouts if it never succeeds) ...
+    for t in (ind, ref, tree):
+        first = np.where(t.valid & t.solved, t.order, 99).min(1)         # order of the first success
+        slot = np.argmin(np.where(t.valid & t.solved, t.order, 99), 1)
+        if t is tree:     # rollback: no round after the one that first succeeded (its
+            depth_first = np.where(first < 99, t.depth[np.arange(12), slot], 99)   # siblings ran)
+            assert (t.depth <= depth_first[:, None])[t.valid].all()
+        else:
+            assert not (t.valid & (t.order > first[:, None])).any()
+            assert (t.valid.sum(1) == np.where(first < 99, first + 1, 6)).all()
+    # ... unless stopping is off (the pre-redesign budgets)
+    legacy = ExploreConfig(budget=6, stop_at_first_success=False)
+    ind_all = explore(agent, model, levels.level, jax.random.key(1), legacy, "independent", progress=False)
+    assert ind_all.valid.sum(1).tolist() == [6] * 12 and ind.solved.any(1).sum() >= 1
+    np.testing.assert_array_equal(ind_all.solved[ind.valid], ind.solved[ind.valid])
     # the first rollout of every strategy is the same root (same key, same context)
     np.testing.assert_array_equal(ind.solved[:, 0], tree.solved[:, 0])
     np.testing.assert_array_equal(np.asarray(ind.episodes.actions[:, 0]), np.asarray(tree.episodes.actions[:, 0]))
@@ -189,6 +204,18 @@ def test_strategies_spend_equal_rollouts_and_share_the_first(setup, rollback_tre
     assert (np.diff(sw.astype(int), axis=1) >= 0).all()
     st = tree_stats(tree)
     assert st["rollouts"] == int(tree.valid.sum()) and st["env_steps"] > 0
+
+
+def test_replay_cost_charges_tau_per_branch(setup, rollback_tree):
+    model, env, params, levels = setup
+    tree, cfg = rollback_tree
+    paid = explore(SymbolicSokoban(env, params), model, levels.level, jax.random.key(1),
+                   dataclasses.replace(cfg, replay_cost=True), progress=False)
+    np.testing.assert_array_equal(paid.tau, tree.tau)                 # the same search ...
+    np.testing.assert_array_equal(paid.solved, tree.solved)
+    extra = np.where(tree.is_branch, tree.tau, 0)                     # ... charged tau more
+    np.testing.assert_array_equal(paid.env_steps, tree.env_steps + extra)
+    assert extra.sum() > 0
 
 
 def test_tree_save_load_round_trip(rollback_tree, tmp_path):
@@ -211,11 +238,12 @@ def test_stage2_datasets(rollback_tree):
         assert t[-1] in E.ACTION_TOKENS and m[-1]
         if s == "e2p":
             assert m.sum() == 1 and st >= 0                    # h_tau -> a'_tau alone
-            n = [n for (b, n) in solved_nodes if b == task and tree.tau[b, n] == st]
-            assert n, "e2p only from successful branches"
-            b, n = task, n[0]
-            a_tau = np.asarray(tree.episodes.actions[b, n, st])
-            assert t[-1] == a_tau + E.ACT0
+            acts = tree.episodes.actions
+            n = [n for (b, n) in solved_nodes if b == task and tree.tau[b, n] == st
+                 and t[-1] == acts[b, n, st] + E.ACT0]
+            assert n, "e2p only from successful branches, target a'_tau"
+            # ... and only where a'_tau differs from the failed parent's a_tau
+            assert any(acts[task, tree.parent[task, k], st] != acts[task, k, st] for k in n)
         else:
             assert any(b == task for b, _ in solved_nodes)
     reh, _ = stage2_examples(agent, tree, DistillConfig(), e2p=False)
@@ -228,6 +256,15 @@ def test_stage2_datasets(rollback_tree):
             assert (t.tobytes(), m.tobytes()) not in reh_keys
     suffix, _ = stage2_examples(agent, tree, DistillConfig(e2p_suffix=True), rehearsal=False)
     assert max(m.sum() for m in suffix.loss_mask) > 1
+    # changed_only drops exactly the branches whose revised action repeats the parent's
+    _, every = stage2_examples(agent, tree, DistillConfig(dedupe=False, changed_only=False), rehearsal=False)
+    _, changed = stage2_examples(agent, tree, DistillConfig(dedupe=False), rehearsal=False)
+    br = tree.valid & tree.solved & (tree.tau >= 0)
+    b, n = np.nonzero(br)
+    same = int((tree.episodes.actions[b, n, tree.tau[b, n]]
+                == tree.episodes.actions[b, tree.parent[b, n], tree.tau[b, n]]).sum())
+    assert every["e2p"] == int(br.sum()) and every["e2p_same_action"] == 0
+    assert (changed["e2p"], changed["e2p_same_action"]) == (int(br.sum()) - same, same)
 
 
 def test_no_successful_branch_gives_an_empty_distillation_set(rollback_tree):

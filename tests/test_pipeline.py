@@ -4,14 +4,18 @@ resumption, extension, config validation and the hostile-input cases of issue #1
 import json
 import os
 
+import numpy as np
 import pytest
 
 from leafe_jax.cli import main
+from leafe_jax.envs.sokoban.boxoban import read_boxoban, write_boxoban
 from leafe_jax.pipeline import config as C
 from leafe_jax.pipeline import stages as S
 from leafe_jax.pipeline.run import check_context, run_pipeline
 from leafe_jax.train.checkpoint import load_policy
-from pinned import COMPARISON, PINNED, fingerprint
+from pinned import COMPARISON, LEGACY, PINNED, fingerprint
+
+TRANSFER = os.path.join(os.path.dirname(__file__), "..", "experiments", "levels", "transfer_verl6x6.txt")
 
 EXP = os.path.join(os.path.dirname(__file__), "..", "experiments")
 
@@ -91,20 +95,23 @@ def test_overrides_are_applied_as_given_also_over_tiny():
 def test_tiny_pipeline_end_to_end_pinned(tmp_path):
     """The tiny run and its comparison extension give bit-identical trees, datasets, success
     matrices and Pass@k to the pre-redesign code (commit 654d837; tests/data/ holds its
-    fingerprints); then resumption, refusals and artefacts."""
+    fingerprints) under the pre-redesign budgets and Stage-2 objective (``LEGACY``); GRPO's
+    entries were re-pinned when its schedule became sized in optimiser updates (issue #13;
+    every other fingerprint unchanged); then resumption, refusals and artefacts."""
+    tiny = C.from_dict(LEGACY, base=C.tiny())
     wd = str(tmp_path / "run")
-    report = run_pipeline(C.tiny(), wd, progress=False)
+    report = run_pipeline(tiny, wd, progress=False)
     timings = json.load(open(os.path.join(wd, "timings.json")))
     # resumed: every stage is skipped, nothing is recomputed
-    again = run_pipeline(C.tiny(), wd, progress=False)
+    again = run_pipeline(tiny, wd, progress=False)
     assert again["timings"] == timings and again["passk"] == report["passk"]
     # a changed setting is refused by the first stage it touches, naming the setting
     with pytest.raises(ValueError, match=r"'eval/base'.*eval\.n differ"):
-        run_pipeline(C.from_dict({"eval": {"n": 2}}, base=C.tiny()), wd, progress=False)
+        run_pipeline(C.from_dict({"eval": {"n": 2}}, base=tiny), wd, progress=False)
     with pytest.raises(ValueError, match=r"'stage1/rollback'.*explore\.budget differ"):
-        run_pipeline(C.from_dict({"stage1": {"explore": {"budget": 3}}}, base=C.tiny()), wd, progress=False)
+        run_pipeline(C.from_dict({"stage1": {"explore": {"budget": 3}}}, base=tiny), wd, progress=False)
     # the comparison extends the same run; nothing already computed is redone
-    cmp = C.from_dict(COMPARISON, base=C.tiny())
+    cmp = C.from_dict(COMPARISON, base=tiny)
     run_pipeline(cmp, wd, progress=False)
     t2 = json.load(open(os.path.join(wd, "timings.json")))
     assert all(t2[k] == timings[k] for k in timings)
@@ -116,7 +123,7 @@ def test_tiny_pipeline_end_to_end_pinned(tmp_path):
     stats = json.load(open(os.path.join(wd, "data", "leafe", "stats.json")))
     assert stats["successful_roots"] > 0 and stats["successful_branches"] > 0 and stats["e2p"] > 0
     model, meta = load_policy(os.path.join(wd, "sft", "leafe"))
-    assert meta["step"] == C.tiny().stage2.sft.steps
+    assert meta["step"] == tiny.stage2.sft.steps
     text = open(os.path.join(wd, "report.md")).read()
     assert "Stage 1 at equal budget" in text and "| rollback_oracle |" in text and "task " in text
     assert "Interaction budgets" in text and os.path.exists(os.path.join(wd, "eval", "passk.png"))
@@ -127,7 +134,7 @@ def test_tiny_pipeline_end_to_end_pinned(tmp_path):
                      progress=False)
     # `leafe evaluate` on the pipeline's base reproduces the pipeline's numbers exactly: the same
     # held-out levels and sampling keys for the same seed and pool sizes
-    t = C.tiny()
+    t = tiny
     assert main(["evaluate", os.path.join(wd, "base"), "--levels", str(t.eval.levels), "--n", str(t.eval.n),
                  "--demo-levels", str(t.base.demo_levels), "--train-levels", str(t.stage1.train_levels),
                  "--out", str(tmp_path / "ev")]) == 0
@@ -135,6 +142,20 @@ def test_tiny_pipeline_end_to_end_pinned(tmp_path):
     assert ours == json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"]["base"]
     # ... and it points at the run's policies when given the run itself
     assert main(["evaluate", wd, "--out", str(tmp_path / "ev2")]) == 2
+    # the transfer level set (another generator): only the new evaluations run
+    ids, lv, H, W = read_boxoban(TRANSFER)
+    write_boxoban(tmp_path / "transfer.txt", type(lv)(grid=lv.grid[:12], player=lv.player[:12]), H, W)
+    tr = C.from_dict({"eval": {"transfer_levels": str(tmp_path / "transfer.txt")}}, base=cmp)
+    run_pipeline(tr, wd, progress=False)
+    t3 = json.load(open(os.path.join(wd, "timings.json")))
+    assert all(t3[k] == t2[k] for k in t2) and {f"eval_transfer_{m}" for m in ("base", "leafe", "grpo")} <= set(t3)
+    pk = json.load(open(os.path.join(wd, "eval_transfer", "passk.json")))["passk"]
+    assert set(pk) == set(json.load(open(os.path.join(wd, "eval", "passk.json")))["passk"])
+    assert np.load(os.path.join(wd, "eval_transfer", "base", "success.npy")).shape == (12, tiny.eval.n)
+    assert "Pass@k on the transfer levels" in open(os.path.join(wd, "report.md")).read()
+    write_boxoban(tmp_path / "transfer.txt", type(lv)(grid=lv.grid[12:24], player=lv.player[12:24]), H, W)
+    with pytest.raises(ValueError, match=r"'eval_transfer/base'.*levels differ"):
+        run_pipeline(tr, wd, progress=False)
 
 
 def test_stage_markers_record_their_inputs(tmp_path):

@@ -23,6 +23,7 @@ from flax import nnx
 from leafe_jax.configs import config, field
 from leafe_jax.interfaces.symbolic.rollout import rollout
 from leafe_jax.train.loop import LoopConfig, train_loop
+from leafe_jax.train.optim import OptimConfig
 
 
 @config
@@ -146,6 +147,15 @@ def rollout_batch(model, ref, env, params, levels, step: int, key, cfg: GRPOConf
     stats = {"reward": reward.mean(), "success": traj.solved.mean(),
              "env_steps": traj.num_steps.sum(), "tokens_sampled": traj.token_len.sum()}
     return batch, stats
+
+
+def grpo_optim(cfg: GRPOConfig, rollout_batches: int) -> OptimConfig:
+    """The schedule in optimiser updates (``epochs x minibatches`` per rollout batch), so the
+    warm-up and the cosine decay span every update (sized in rollout batches, the decay
+    ended after 1 / (epochs x minibatches) of the run and the rest ran at its floor)."""
+    updates = rollout_batches * cfg.epochs * cfg.minibatches
+    return OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=updates // 10,
+                       total_steps=updates)
 
 
 def train_grpo(model, ref, env, params, levels, cfg: GRPOConfig, optimizer, steps: int, workdir,

@@ -34,8 +34,8 @@ def default_buckets(max_len: int, smallest: int = 64) -> tuple[int, ...]:
 
 
 class _PadTo:
-    def __init__(self, max_len: int):
-        self.max_len = max_len
+    def __init__(self, max_len: int, groups: dict | None = None):
+        self.max_len, self.groups = max_len, groups
 
     def __call__(self, ex):
         t, m = np.asarray(ex["tokens"]), np.asarray(ex["loss_mask"])
@@ -43,9 +43,16 @@ class _PadTo:
             raise DatasetError(f"an SFT example has {len(t)} tokens, more than max_len "
                                f"{self.max_len}")
         pad = self.max_len - len(t)
-        return {"tokens": np.pad(t, (0, pad)).astype(np.int32),
-                "loss_mask": np.pad(m, (0, pad)).astype(bool),
-                "weight": np.float32(ex["weight"]), "length": np.int32(len(t))}
+        out = {"tokens": np.pad(t, (0, pad)).astype(np.int32),
+               "loss_mask": np.pad(m, (0, pad)).astype(bool),
+               "weight": np.float32(ex["weight"]), "length": np.int32(len(t))}
+        if self.groups is not None:
+            src = ex["source"].decode() if isinstance(ex["source"], bytes) else str(ex["source"])
+            if src not in self.groups:
+                raise DatasetError(f"an SFT example of source {src!r} has no loss group "
+                                   f"(groups: {sorted(self.groups)})")
+            out["group"] = np.int32(self.groups[src])
+        return out
 
 
 class _Bucket:
@@ -54,13 +61,15 @@ class _Bucket:
 
     def __call__(self, b):
         L = int(self.buckets[np.searchsorted(self.buckets, int(b["length"].max()))])
-        return {"tokens": b["tokens"][:, :L], "loss_mask": b["loss_mask"][:, :L], "weight": b["weight"]}
+        return {"tokens": b["tokens"][:, :L], "loss_mask": b["loss_mask"][:, :L], "weight": b["weight"]} \
+            | ({"group": b["group"]} if "group" in b else {})
 
 
 def sft_batches(source, *, batch_size: int, max_len: int, seed: int, buckets=None,
                 process_index: int | None = None, process_count: int | None = None,
-                num_threads: int = 2, prefetch: int = 8):
-    """An endless, resumable iterator of this process's share of each global batch."""
+                num_threads: int = 2, prefetch: int = 8, groups: dict | None = None):
+    """An endless, resumable iterator of this process's share of each global batch.
+    ``groups`` (source -> group index) adds each example's loss group as ``group``."""
     import grain
 
     pi = jax.process_index() if process_index is None else process_index
@@ -74,7 +83,7 @@ def sft_batches(source, *, batch_size: int, max_len: int, seed: int, buckets=Non
         raise DatasetError(f"the largest bucket {max(buckets)} must equal max_len {max_len}")
     ds = (grain.MapDataset.source(source)[pi::pc]
           .shuffle(seed=seed).repeat(None)
-          .map(_PadTo(max_len))
+          .map(_PadTo(max_len, groups))
           .batch(batch_size // pc, drop_remainder=True)
           .map(_Bucket(buckets)))
     return iter(ds.to_iter_dataset(grain.ReadOptions(num_threads=num_threads,

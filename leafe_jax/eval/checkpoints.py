@@ -23,12 +23,18 @@ def evaluation_levels(preset, cfg: EvalConfig, seed: int, *, demo_levels: int, t
     if levels_file is None:
         return held_out_pool(cfg.levels, preset.generator, seed, demo_levels=demo_levels,
                              train_levels=train_levels).level
-    _, levels, H, W = read_boxoban(levels_file)
+    levels = level_file(levels_file, preset)
+    return type(levels)(grid=levels.grid[: cfg.levels], player=levels.player[: cfg.levels])
+
+
+def level_file(path: str, preset):
+    """Every level of a Boxoban-format file, checked against the preset's room size."""
+    _, levels, H, W = read_boxoban(path)
     env = preset.make_env()
     if (H, W) != (env.height, env.width):
-        raise ValueError(f"{levels_file}: {H}x{W} levels, but preset {preset.name!r} plays "
+        raise ValueError(f"{path}: {H}x{W} levels, but preset {preset.name!r} plays "
                          f"{env.height}x{env.width} rooms")
-    return type(levels)(grid=levels.grid[: cfg.levels], player=levels.player[: cfg.levels])
+    return levels
 
 
 def evaluate_checkpoints(specs: list[str], out: str, cfg: EvalConfig, *, seed: int = 0,

@@ -26,6 +26,8 @@ class EvalConfig:
     levels: int = field(50, lo=1, doc="held-out levels")
     n: int = field(128, lo=1, doc="samples per level")
     temperature: float = field(1.0, lo=0, lo_open=True)
+    transfer_levels: str = field("", doc="a level file (Boxoban format, the preset's size): "
+                                         "every model is also evaluated on it")
 
 
 EVAL_KEY_OFFSET = 2000

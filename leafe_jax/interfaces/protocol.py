@@ -19,6 +19,11 @@ What an implementer provides
   episode (host numpy, unbatched) encoded as a training sequence *with every experience
   removed*, ending with the action of step ``last``; the loss mask marks the action tokens
   of steps ``first..last``. Rehearsal and experience-to-policy data are both built with it.
+* ``action(episode, t)``: the action taken at step ``t`` (compared with ``==``: e2p only
+  where a'_tau differs from the parent's a_tau; compliance).
+* optional ``action_distribution(policy, episodes, t, temperature) -> float [R, A]``: the
+  policy's distribution over actions at step ``t[r]`` given episode r's own context (exact
+  compliance in ``leafe.diagnostics``; without it only the sampled repeat rate is reported).
 * ``success(policy, tasks, n, key, *, temperature, progress) -> bool [B, n]``: ``n`` sampled
   episodes per task from the start (Pass@k evaluation).
 * ``episode_like()``: a pytree with the structure of the session's episodes (to load trees).
@@ -28,7 +33,9 @@ What an implementer provides
 ``Session`` (a bound policy + tasks):
 
 * ``num_tasks``, ``experience_shape`` (one experience's array shape), ``num_actions`` (the
-  width of a forbidden-action mask).
+  width of a forbidden-action mask), ``restores_by_snapshot`` (True: a branch restores the
+  env for free, so the search's ``replay_cost`` option charges its tau replay steps; False:
+  the session replays and charges them itself).
 * ``roots(task, keys, start_experience=None) -> Rollouts``: one rollout from the start for
   each row (``task`` int [R], possibly repeated; ``keys`` [R] PRNG keys); a
   ``start_experience`` [R, *experience_shape] (rows may be empty) is put in the context
@@ -77,6 +84,7 @@ class Session(Protocol):
     num_tasks: int
     experience_shape: tuple
     num_actions: int
+    restores_by_snapshot: bool
 
     def roots(self, task: np.ndarray, keys, start_experience: np.ndarray | None = None) -> Rollouts: ...
 
@@ -90,6 +98,8 @@ class AgentInterface(Protocol):
     def session(self, policy, tasks, *, max_depth: int, temperature: float) -> Session: ...
 
     def sft_example(self, episode, first: int, last: int) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def action(self, episode, t: int) -> Any: ...      # the action taken at step t (compared by ==)
 
     def success(self, policy, tasks, n: int, key, *, temperature: float,
                 progress: bool = True) -> np.ndarray: ...

@@ -7,7 +7,13 @@ For every *successful* rollout of a Stage-1 tree (host-side; datasets are built 
   episode with every experience segment removed (the original prefix without experience
   plus its own continuation).
 * **e2p** (weight 1): for a successful branch, the context h_tau *without* the experience
-  -> a'_tau (``e2p_suffix``: a'_tau and every later action of the branch).
+  -> a'_tau (``e2p_suffix``: a'_tau and every later action of the branch) - only where the
+  revised action differs from the failed parent's a_tau (``changed_only``): a branch that
+  repeated a_tau and still succeeded teaches no correction (its steps stay in rehearsal).
+
+``loss`` = ``per_dataset`` trains L = L_e2p + beta * L_reh, each a mean over its own action
+tokens (``train.losses``); ``pooled`` (the ablation) is one mean over all action tokens with
+rehearsal examples weighted beta.
 
 So a rehearsal-only dataset holds no (h_tau -> a'_tau) pair. Loss masks mark action tokens
 only. Provenance: ``task_id`` (the task's index in its level pool), ``step`` (tau, -1 for
@@ -29,6 +35,13 @@ class DistillConfig:
     e2p_suffix: bool = False      # distil a'_tau and the rest of the branch, not a'_tau alone
     beta: float = field(1.0, lo=0, doc="weight of rehearsal examples (L = L_e2p + beta L_reh)")
     dedupe: bool = True
+    changed_only: bool = field(True, doc="e2p only where a'_tau differs from the parent's a_tau")
+    loss: str = field("per_dataset", choices=("per_dataset", "pooled"),
+                      doc="per-dataset means (the paper's L_e2p + beta L_reh) or one pooled mean")
+
+    def source_coefs(self) -> dict[str, float] | None:
+        """``finetune``'s per-dataset coefficients (None: the pooled loss)."""
+        return {"e2p": 1.0, "rehearsal": self.beta} if self.loss == "per_dataset" else None
 
 
 def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: bool = True,
@@ -44,7 +57,7 @@ def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: boo
     toks, masks, src, weight, tid, step = [], [], [], [], [], []
     seen = set()
     stats = {"successful_roots": 0, "successful_branches": 0, "rehearsal": 0, "e2p": 0,
-             "duplicates": 0}
+             "duplicates": 0, "e2p_same_action": 0}
 
     def add(example, source, w, b, s):
         t, m = example
@@ -69,6 +82,10 @@ def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: boo
             if first < n_act:
                 add(interface.sft_example(one, first, n_act - 1), "rehearsal", cfg.beta, b, tau)
         if e2p and branch:
+            parent = jax.tree.map(lambda x: x[b, tree.parent[b, n]], ep)
+            if cfg.changed_only and interface.action(one, tau) == interface.action(parent, tau):
+                stats["e2p_same_action"] += 1
+                continue
             last = n_act - 1 if cfg.e2p_suffix else tau
             add(interface.sft_example(one, tau, last), "e2p", 1.0, b, tau)
     if not toks:

@@ -5,7 +5,7 @@ an agent interface (``interfaces.protocol``); every strategy is an entry of ``ST
 
 * ``rollback`` (LEAFE): a root rollout per task; each round, the failed nodes of the last
   round (depth < D) are reflected on (batched), each yields up to M children (distinct tau
-  candidates); a child restarts from the parent's step tau with the experience in its
+  candidates, none repeating the (tau, experience) of a node on its path); a child restarts from the parent's step tau with the experience in its
   context, samples a'_tau and continues. Children are taken breadth-first until each task
   has spent K rollouts (root included). All tasks' children of a round are one batched call.
 * ``independent``: K fresh rollouts per task.
@@ -17,6 +17,12 @@ an agent interface (``interfaces.protocol``); every strategy is an entry of ``ST
 
 The result is a ``tree.Tree`` of ``[B, N = K]`` arrays. ``order`` is the rollout's index in
 its task's budget, so "solved within k" reads off the tree for every strategy.
+
+Budgets: with ``stop_at_first_success`` (default) a task that is solved gets no further
+rollout under any strategy (independent and refine stop; rollback expands no node of a
+solved task - children sampled in the same batched round as the first success still run
+and are charged). ``replay_cost`` charges a branch its tau replay steps where the session
+restores by snapshot (``Session.restores_by_snapshot``), as the paper's reset + replay pays.
 """
 
 from __future__ import annotations
@@ -43,6 +49,11 @@ class ExploreConfig:
     use_mask: bool = False         # ablation: forbid the original action at tau
     reflect_every: int = field(0, lo=0, doc="R: also reflect every R steps (0: on failure only)")
     temperature: float = field(1.0, lo=0, lo_open=True)
+    stop_at_first_success: bool = field(True, doc="a solved task gets no further rollout")
+    dedupe_path: bool = field(True, doc="a child never repeats the (tau, experience) of a node "
+                                        "on its path")
+    replay_cost: bool = field(False, doc="charge each branch tau env steps, as reset + replay "
+                                         "would (sessions restoring by snapshot restore for free)")
 
 
 def _rank_within(task: np.ndarray) -> np.ndarray:
@@ -130,24 +141,51 @@ class _Search:
                     episodes=jax.tree.map(lambda x: x.reshape((B, K) + x.shape[1:]), self.store))
 
 
+def _open(s: _Search, task: np.ndarray) -> np.ndarray:
+    """bool per entry: the task may still spend rollouts (not solved, or stopping is off)."""
+    return ~s.solved[task].any(1) if s.cfg.stop_at_first_success else np.ones(len(task), bool)
+
+
 def _independent(s: _Search, reflect) -> None:
     every = np.arange(s.B)
     for _ in range(s.K):
-        s.record(every, s.session.roots(every, s.keys(every)))
+        todo = every[_open(s, every)]
+        if not len(todo):
+            break
+        s.record(todo, s.session.roots(todo, s.keys(todo)))
 
 
 def _refine(s: _Search, reflect) -> None:
     every = np.arange(s.B)
     start_exp = np.zeros((s.B,) + s.experience.shape[2:], np.int32)
     for k in range(s.K):
-        out = s.session.roots(every, s.keys(every), start_experience=start_exp)
-        s.record(every, out, experience=start_exp, depth=np.full(s.B, k),
-                 parent=np.full(s.B, k - 1))
+        todo = every[_open(s, every)]
+        if not len(todo):
+            break
+        out = s.session.roots(todo, s.keys(todo), start_experience=start_exp[todo])
+        s.record(todo, out, experience=start_exp[todo], depth=np.full(len(todo), k),
+                 parent=np.full(len(todo), k - 1))
         refl = reflect(out.episodes)
         new = np.asarray(refl.experience[:, 0])
         # a success needs no reflection; a failure with nothing to say keeps the last one
         has = (np.asarray(refl.tau[:, 0]) >= 0).reshape((-1,) + (1,) * (new.ndim - 1))
-        start_exp = np.where(has, new, start_exp)
+        start_exp[todo] = np.where(has, new, start_exp[todo])
+
+
+def _new_on_path(s: _Search, task, slot, tau, exp) -> np.ndarray:
+    """bool per candidate: no node on the path from ``slot`` to its root was made by the same
+    (tau, experience) - a child never repeats an ancestor's correction."""
+    keep = np.ones(len(task), bool)
+    node = slot.copy()
+    flat = lambda x: x.reshape(len(x), -1)
+    for _ in range(s.cfg.max_depth + 1):
+        live = node >= 0
+        at = np.maximum(node, 0)
+        same = ((s.t["tau"][task, at] == tau)
+                & (flat(s.experience[task, at]) == flat(exp)).all(1) & live)
+        keep &= ~same
+        node = np.where(live, s.t["parent"][task, at], -1)
+    return keep
 
 
 def _rollback(s: _Search, reflect) -> None:
@@ -158,11 +196,15 @@ def _rollback(s: _Search, reflect) -> None:
         refl = jax.device_get(reflect(s.gather(frontier)))                # [F, M]
         f_task, f_slot = frontier // s.K, frontier % s.K
         M = refl.tau.shape[1]
-        ok = ((refl.tau >= 0) & ~s.solved[f_task, f_slot][:, None]).reshape(-1)
+        ok = ((refl.tau >= 0) & ~s.solved[f_task, f_slot][:, None]
+              & _open(s, f_task)[:, None]).reshape(-1)
         # breadth-first within each task: frontier order, then candidate rank
         c = {"task": np.repeat(f_task, M)[ok], "par": np.repeat(frontier, M)[ok],
              "tau": refl.tau.reshape(-1)[ok], "exp": refl.experience.reshape((-1,) + exp_shape)[ok],
              "forb": refl.forbidden.reshape(-1, A)[ok], "reason": refl.reason.reshape(-1)[ok]}
+        if s.cfg.dedupe_path:
+            fresh = _new_on_path(s, c["task"], c["par"] % s.K, c["tau"], c["exp"])
+            c = {k: v[fresh] for k, v in c.items()}
         srt = np.argsort(c["task"], kind="stable")
         c = {k: v[srt] for k, v in c.items()}
         keep = _rank_within(c["task"]) < (s.K - s.used[c["task"]])
@@ -171,6 +213,8 @@ def _rollback(s: _Search, reflect) -> None:
         c = {k: v[keep] for k, v in c.items()}
         out = s.session.branches(s.gather(c["par"]), c["tau"], c["exp"], c["forb"], s.keys(c["task"]),
                                  use_experience=s.cfg.use_experience, use_mask=s.cfg.use_mask)
+        if s.cfg.replay_cost and getattr(s.session, "restores_by_snapshot", False):
+            out = out._replace(env_steps=np.asarray(out.env_steps) + c["tau"])
         frontier = s.record(c["task"], out, parent=c["par"] % s.K, depth=np.full(len(c["task"]), d),
                             tau=c["tau"], reason=c["reason"], experience=c["exp"], forbidden=c["forb"])
 

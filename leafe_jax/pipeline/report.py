@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
+from leafe_jax.leafe.diagnostics import solved_within_env_steps
 from leafe_jax.pipeline.config import PipelineConfig
 from leafe_jax.pipeline.stages import read_json
 
@@ -18,16 +21,21 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
         table = fh.read().strip()
     lines = [f"# LEAFE pipeline report: {ex.preset}, model {ex.model}, seed {ex.seed}", "",
              "## Pass@k on held-out levels (95 % bootstrap CI over levels)", "", table, "",
-             "![Pass@k](eval/passk.png)", "",
-             f"## Stage 1 at equal budget (K = {K} rollouts per task, "
-             f"{cfg.stage1.train_levels} training levels)", "",
-             "| strategy | solved within k = 1 ... K | env steps | policy tokens | "
-             "branches / task | depth reached | successful branches |", "|---|---|---|---|---|---|---|"]
+             "![Pass@k](eval/passk.png)", ""]
+    if os.path.exists(at("eval_transfer", "passk.md")):
+        with open(at("eval_transfer", "passk.md")) as fh:
+            lines += ["## Pass@k on the transfer levels (another generator, same room size)", "",
+                      fh.read().strip(), "", "![Pass@k, transfer](eval_transfer/passk.png)", ""]
+    lines += [f"## Stage 1 at equal budget (K = {K} rollouts per task, "
+              f"{cfg.stage1.train_levels} training levels)", "",
+              "| strategy | solved within k = 1 ... K | env steps | policy tokens | "
+              "branches / task | depth reached | successful branches |", "|---|---|---|---|---|---|---|"]
     for k, st in s1.items():
         sw = " / ".join(f"{100 * x:.1f}" for x in st["solved_within_k"])
         lines.append(f"| {k} | {sw} | {st['env_steps']} | {st['tokens']} | "
                      f"{st['branches_per_task']:.2f} | {st['max_depth_reached']} | "
                      f"{st['successful_branches']} ({100 * st['branch_success_rate']:.1f} %) |")
+    lines += _per_cost(s1) + _compliance(s1) + _branch_starts(s1)
     if cfg.baselines.methods:
         g, ee = cfg.baselines.grpo, cfg.baselines.early_experience
         lines += ["", "## Interaction budgets (env steps spent collecting training data)", "",
@@ -58,3 +66,57 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
     with open(at("report.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return {"passk": passk["passk"], "stage1": s1, "timings": timings}
+
+
+def _per_cost(s1: dict) -> list[str]:
+    """Solved within E env steps per task, E on a grid shared by the strategies."""
+    if not s1 or any("task_env_steps" not in st for st in s1.values()):
+        return []
+    top = max(max(st["task_env_steps"], default=0) for st in s1.values())
+    grid = [int(round(top * f)) for f in (0.125, 0.25, 0.5, 1.0)]
+    lines = ["", "Per interaction cost (a task's env steps and policy tokens up to its first "
+             "success):", "", "| strategy | solved within E env steps per task: "
+             + " / ".join(f"E = {e}" for e in grid) + " | solved per 1k env steps | "
+             "solved per 1M tokens |", "|---|---|---|---|"]
+    for k, st in s1.items():
+        solved = np.asarray(st["task_solved"], bool)
+        cost = {"solved": solved, "env_steps": np.asarray(st["task_env_steps"])}
+        within = " / ".join(f"{100 * x:.1f}" for x in solved_within_env_steps(cost, grid))
+        lines.append(f"| {k} | {within} | {1e3 * solved.sum() / max(1, st['env_steps']):.2f} | "
+                     f"{1e6 * solved.sum() / max(1, st['tokens']):.1f} |")
+    return lines
+
+
+def _compliance(s1: dict) -> list[str]:
+    rows = {k: st["compliance"] for k, st in s1.items() if st.get("compliance")}
+    if not rows:
+        return []
+    fmt = lambda x: "-" if x is None else f"{100 * x:.1f} %"
+    lines = ["", "Following the experience (rollback branches: does a'_tau repeat the failed "
+             "a_tau?):", "", "| strategy | branches | repeated (sampled) | P(a_tau), with "
+             "experience | P(a_tau), parent context | compliance |", "|---|---|---|---|---|---|"]
+    for k, c in rows.items():
+        lines.append(f"| {k} | {c['branches']} | {fmt(c['repeat_rate'])} | "
+                     f"{fmt(c.get('p_repeat_with_experience'))} | "
+                     f"{fmt(c.get('p_repeat_without_experience'))} | {fmt(c.get('compliance'))} |")
+    return lines
+
+
+def _branch_starts(s1: dict) -> list[str]:
+    rows = {k: st["branch_starts"] for k, st in s1.items() if st.get("branch_starts")}
+    if not rows:
+        return []
+    fmt = lambda x, pct=False: "-" if x is None else (f"{100 * x:.1f} %" if pct else f"{x:.1f}")
+    lines = ["", "Where branches start (tau; distance to go = optimal moves left, exact solver):",
+             "", "| strategy | branches | tau (all / successful) | steps left | distance to go at "
+             "tau / at the root | start already unsolvable (all / successful) | successful "
+             "starts by quarter of T |", "|---|---|---|---|---|---|---|"]
+    for k, c in rows.items():
+        lines.append(
+            f"| {k} | {c['branches']} | {fmt(c['tau_mean'])} / {fmt(c['tau_mean_successful'])} | "
+            f"{fmt(c.get('steps_left_mean'))} | {fmt(c.get('distance_at_tau_mean'))} / "
+            f"{fmt(c.get('distance_at_root_mean'))} | {fmt(c.get('start_unsolvable'), True)} / "
+            f"{fmt(c.get('start_unsolvable_successful'), True)} | "
+            f"{c.get('successful_start_quarters', '-')} |")
+    return lines
+

@@ -23,6 +23,7 @@ import numpy as np
 
 from leafe_jax.envs.sokoban import get_preset
 from leafe_jax.envs.sokoban.pools import held_out_pool, training_pools
+from leafe_jax.eval.checkpoints import level_file
 from leafe_jax.eval.sweep import eval_key, write_sweep
 from leafe_jax.interfaces.symbolic.interface import SymbolicSokoban, context_size
 from leafe_jax.pipeline import runners
@@ -90,7 +91,8 @@ def _run(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
                 warnings.warn(f"Stage-2 variant {v!r} has no examples (no successful rollouts of "
                               "the kind it needs): skipped")
                 continue
-        st.run(f"sft/{v}", lambda: runners.sft(at("base"), data_dir, cfg, at("sft", v), progress),
+        st.run(f"sft/{v}", lambda: runners.sft(at("base"), data_dir, cfg, at("sft", v), progress,
+                                                   spec.from_tree),
                timing=f"sft_{v}", what=f"stage 2: {v}")
         models[spec.model_name or v] = at("sft", v)
 
@@ -118,7 +120,28 @@ def _run(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
                    timing=f"eval_{name}", what=f"eval: {name}")
     results = {name: np.load(at("eval", name, "success.npy")) for name in models}
     write_sweep(results, at("eval"), title=f"{ex.preset}, {cfg.eval.levels} held-out levels, seed {ex.seed}")
+    if cfg.eval.transfer_levels:
+        _transfer(st, agent, cfg, models, preset, at, progress)
     write_json(at("config.json"), cfg.to_dict())     # the latest run's config; stages keep their own
     report = write_report(workdir, cfg, trees, st.timings)
     _log(f"report: {at('report.md')}")
     return report
+
+
+def _transfer(st: Stages, agent, cfg: PipelineConfig, models: dict, preset, at, progress) -> None:
+    """Every model on the transfer level file too (``eval_transfer/``), same keys."""
+    levels, seed = None, cfg.experiment.seed
+    for name, d in models.items():
+        if st.done(f"eval_transfer/{name}"):
+            continue
+        if levels is None:
+            levels = level_file(cfg.eval.transfer_levels, preset)
+        policy = load_policy(runners.policy_dir(d))[0]
+        st.run(f"eval_transfer/{name}", lambda: runners.evaluate(
+            agent, policy, levels, cfg, eval_key(seed), at("eval_transfer", name), progress),
+            timing=f"eval_transfer_{name}", what=f"transfer eval: {name}")
+    results = {name: np.load(at("eval_transfer", name, "success.npy")) for name in models}
+    n = len(next(iter(results.values())))
+    write_sweep(results, at("eval_transfer"), title=f"{preset.name}, {n} transfer levels "
+                f"({os.path.basename(cfg.eval.transfer_levels)}), seed {seed}")
+

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 
 from leafe_jax.baselines.early_experience import world_model_examples
-from leafe_jax.baselines.grpo import train_grpo
+from leafe_jax.baselines.grpo import grpo_optim, train_grpo
 from leafe_jax.data.loader import round_up
 from leafe_jax.data.store import write_sft
 from leafe_jax.interfaces.symbolic.pretrain import pretrain_base_policy
+from leafe_jax.leafe.diagnostics import branch_starts, compliance, first_success_cost
 from leafe_jax.leafe.distill import stage2_examples
 from leafe_jax.leafe.explore import explore
 from leafe_jax.leafe.render import example_tasks, render_tree
@@ -26,7 +27,7 @@ from leafe_jax.leafe.tree import ROOT_INDEX, load_tree, save_tree, solved_within
 from leafe_jax.pipeline.config import VARIANTS, PipelineConfig
 from leafe_jax.pipeline.stages import read_json, write_json
 from leafe_jax.train.checkpoint import load_policy
-from leafe_jax.train.optim import OptimConfig, create_optimizer
+from leafe_jax.train.optim import create_optimizer
 from leafe_jax.train.sft import SFTConfig, data_max_len, finetune
 
 # Key offsets per stage: each stage's randomness is its own stream of the experiment seed.
@@ -44,8 +45,15 @@ def stage1(interface, policy, tasks, cfg: PipelineConfig, strategy: str, out: st
                    cfg.stage1.explore, strategy, progress=progress)
     os.makedirs(out, exist_ok=True)
     save_tree(tree, os.path.join(out, "tree.npz"))
+    cost = first_success_cost(tree)
     write_json(os.path.join(out, "stats.json"),
-               tree_stats(tree) | {"solved_within_k": solved_within(tree).mean(0).tolist()})
+               tree_stats(tree) | {"solved_within_k": solved_within(tree).mean(0).tolist(),
+                                   "task_env_steps": cost["env_steps"].tolist(),
+                                   "task_tokens": cost["tokens"].tolist(),
+                                   "task_solved": cost["solved"].tolist(),
+                                   "compliance": compliance(interface, policy, tree,
+                                                            cfg.stage1.explore.temperature),
+                                   "branch_starts": branch_starts(interface, tree)})
     with open(os.path.join(out, "trees.txt"), "w") as fh:
         for b in example_tasks(tree):
             fh.write(render_tree(interface, tree, b) + "\n\n")
@@ -69,10 +77,13 @@ def dataset(interface, tree_dir: str, variant: str, cfg: PipelineConfig, out: st
     write_json(os.path.join(out, "stats.json"), stats)
 
 
-def sft(base_dir: str, data_dir: str, cfg: PipelineConfig, out: str, progress: bool) -> None:
-    """A Stage-2 variant (or the BC control): the base policy fine-tuned on one dataset."""
+def sft(base_dir: str, data_dir: str, cfg: PipelineConfig, out: str, progress: bool,
+        from_tree: bool = True) -> None:
+    """A Stage-2 variant (or the BC control): the base policy fine-tuned on one dataset, with
+    the per-dataset loss for the tree datasets unless ``stage2.distill.loss`` is pooled."""
     model, meta = load_policy(base_dir)
     finetune(model, data_dir, cfg.stage2.sft, out, seed=cfg.experiment.seed, progress=progress,
+             source_coefs=cfg.stage2.distill.source_coefs() if from_tree else None,
              meta={"model": meta["model"], "preset": meta.get("preset"), "base": base_dir,
                    "data": data_dir})
 
@@ -94,8 +105,7 @@ def grpo(base_dir, train, env, params, cfg: PipelineConfig, out, target: dict, p
     steps = max(1, round(target["env_steps"] / per_batch)) if cfg.baselines.match_budget else g.steps
     model, meta = load_policy(base_dir)
     ref, _ = load_policy(base_dir)
-    opt = create_optimizer(model, OptimConfig(learning_rate=g.learning_rate, warmup_steps=steps // 10,
-                                              total_steps=steps))
+    opt = create_optimizer(model, grpo_optim(g, steps))
     final = train_grpo(model, ref, env, params, train.level, g, opt, steps, out,
                        key=jax.random.key(cfg.experiment.seed + GRPO_KEY), progress=progress,
                        meta={"model": meta["model"], "preset": meta.get("preset"), "base": base_dir},

@@ -12,6 +12,7 @@ process, so a killed run leaves no stale lock).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import time
@@ -68,10 +69,23 @@ def inputs(cfg: PipelineConfig, stage: str) -> dict:
         if name == "early_experience":
             own["sft"] = d["stage2"]["sft"]
         return own
+    held_out = {k: v for k, v in d["eval"].items() if k != "transfer_levels"}
     if kind == "eval":
-        return {"model": inputs(cfg, model_stage(name)), "eval": d["eval"],
+        return {"model": inputs(cfg, model_stage(name)), "eval": held_out,
                 "train_levels": cfg.stage1.train_levels}
+    if kind == "eval_transfer":
+        return {"model": inputs(cfg, model_stage(name)), "eval": held_out,
+                "levels": file_digest(cfg.eval.transfer_levels)}
     raise KeyError(stage)
+
+
+def file_digest(path: str) -> str:
+    """sha256 of a file's bytes (a stage reading it is redone when it changes)."""
+    try:
+        with open(path, "rb") as fh:
+            return hashlib.sha256(fh.read()).hexdigest()
+    except OSError as e:
+        raise FileNotFoundError(f"{path}: unreadable level file ({e.strerror})") from None
 
 
 def model_stage(model: str) -> str:

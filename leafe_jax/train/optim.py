@@ -29,10 +29,16 @@ class OptimConfig:
             raise ValueError(f"warmup_steps {self.warmup_steps} > total_steps {self.total_steps}")
 
 
-def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
-    schedule = optax.warmup_cosine_decay_schedule(
+def make_schedule(cfg: OptimConfig):
+    """Linear warm-up to the peak, cosine decay to ``final_lr_fraction`` x peak at
+    ``total_steps`` (the learning rate of update i is ``schedule(i)``)."""
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0, peak_value=cfg.learning_rate, warmup_steps=cfg.warmup_steps,
         decay_steps=cfg.total_steps, end_value=cfg.learning_rate * cfg.final_lr_fraction)
+
+
+def make_optimizer(cfg: OptimConfig) -> optax.GradientTransformation:
+    schedule = make_schedule(cfg)
     return optax.chain(optax.clip_by_global_norm(cfg.clip_norm),
                        optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, weight_decay=cfg.weight_decay))
 

@@ -8,6 +8,7 @@ Warm-up is ``min(50, steps // 10)`` unless given; the data order depends only on
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 
@@ -16,6 +17,7 @@ from leafe_jax.data.loader import round_up, sft_batches
 from leafe_jax.data.store import sft_source
 from leafe_jax.train.loop import LoopConfig, train_loop
 from leafe_jax.train.optim import OptimConfig, create_optimizer
+from leafe_jax.train.step import train_step
 
 
 @config
@@ -46,13 +48,19 @@ def data_max_len(data_dir) -> int:
 
 def finetune(model, data_dir, cfg: SFTConfig, workdir, *, seed: int, max_len: int | None = None,
              meta: dict | None = None, progress: bool = True, mesh=None, ckpt_every: int | None = None,
-             log_every: int | None = None) -> dict:
+             log_every: int | None = None, source_coefs: dict[str, float] | None = None) -> dict:
     """Train ``model`` in place on the SFT dataset in ``data_dir`` (resumes from ``workdir``);
-    returns the final metrics."""
+    returns the final metrics. ``source_coefs`` ({source: c}) trains the per-dataset loss
+    sum_source c * mean over that source's action tokens (the stored example weights are
+    then not used); default: the pooled mean with the stored weights."""
     max_len = data_max_len(data_dir) if max_len is None else max_len
-    data = sft_batches(sft_source(data_dir), batch_size=cfg.batch_size, max_len=max_len, seed=seed)
+    groups = None if source_coefs is None else {s: i for i, s in enumerate(sorted(source_coefs))}
+    data = sft_batches(sft_source(data_dir), batch_size=cfg.batch_size, max_len=max_len, seed=seed,
+                       groups=groups)
+    step_fn = train_step if groups is None else functools.partial(
+        train_step, group_weights=tuple(float(source_coefs[s]) for s in sorted(source_coefs)))
     opt = create_optimizer(model, OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup,
                                               total_steps=cfg.steps), mesh)
     loop = LoopConfig(num_steps=cfg.steps, log_every=log_every or max(1, min(25, cfg.steps)),
                       ckpt_every=ckpt_every or max(1, cfg.steps // 4), progress=progress)
-    return train_loop(model, opt, data, loop, workdir, mesh=mesh, meta=meta)
+    return train_loop(model, opt, data, loop, workdir, mesh=mesh, meta=meta, step_fn=step_fn)

@@ -4,7 +4,8 @@ Batches are dicts ``{"tokens": int32 [B, T], "loss_mask": bool [B, T], "weight":
 Under ``jax.set_mesh`` the weights keep their logical shardings and the batch is sharded
 over (data, fsdp); XLA inserts the collectives. Accumulation sums unnormalised losses and
 token counts over micro-batches and normalises once, so ``accum = k`` computes exactly the
-update of one step on the whole batch.
+update of one step on the whole batch. ``group_weights`` (static) switches to the
+per-dataset loss (``losses.group_weights_B``; the batch then carries ``group`` int32 [B]).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from leafe_jax.train.losses import masked_token_sums
+from leafe_jax.train.losses import group_weights_B, masked_token_sums
 
 
 def _sums(params, graphdef, rest, batch):
@@ -32,12 +33,18 @@ def _pin_shardings(node) -> None:
     nnx.update(node, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
 
 
-@nnx.jit(static_argnames=("accum",), donate_argnames=("model", "optimizer"))
-def train_step(model, optimizer, batch, accum: int = 1):
-    """One update from ``batch`` split into ``accum`` micro-batches; returns metrics."""
+@nnx.jit(static_argnames=("accum", "group_weights"), donate_argnames=("model", "optimizer"))
+def train_step(model, optimizer, batch, accum: int = 1, group_weights: tuple | None = None):
+    """One update from ``batch`` split into ``accum`` micro-batches; returns metrics.
+    ``group_weights`` (c_g per group): the per-dataset loss instead of the pooled mean."""
     B = batch["tokens"].shape[0]
     if B % accum:
         raise ValueError(f"batch of {B} does not split into {accum} micro-batches")
+    if group_weights is not None:
+        if "group" not in batch:
+            raise ValueError("group_weights needs batches with a 'group' field")
+        w = group_weights_B(batch["loss_mask"], batch["group"], group_weights)
+        batch = {k: v for k, v in batch.items() if k != "group"} | {"weight": w}
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     grad_fn = jax.value_and_grad(_sums, has_aux=True)
     micro = jax.tree.map(lambda x: x.reshape((accum, B // accum) + x.shape[1:]), batch)
@@ -49,12 +56,13 @@ def train_step(model, optimizer, batch, accum: int = 1):
     zero = (jax.tree.map(jnp.zeros_like, params), jnp.float32(0),
             {"tokens": jnp.float32(0), "correct": jnp.float32(0)})
     (grads, loss_sum, aux), _ = jax.lax.scan(body, zero, micro)
-    n = jnp.maximum(aux["tokens"], 1.0)
+    n = jnp.maximum(aux["tokens"], 1.0) if group_weights is None else jnp.float32(1.0)
     grads = jax.tree.map(lambda g: g / n, grads)
     optimizer.update(model, grads)
     _pin_shardings(model)
     _pin_shardings(optimizer)
-    return {"loss": loss_sum / n, "accuracy": aux["correct"] / n, "tokens": aux["tokens"],
+    return {"loss": loss_sum / n, "accuracy": aux["correct"] / jnp.maximum(aux["tokens"], 1.0),
+            "tokens": aux["tokens"],
             "grad_norm": jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads)))}
 
 

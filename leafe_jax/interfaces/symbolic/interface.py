@@ -11,11 +11,13 @@ Tasks are a batched ``Level``.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
 from leafe_jax.data.loader import round_up
@@ -61,6 +63,7 @@ class SymbolicSession:
     temperature: float
     experience_shape: tuple = (E.EXP_LEN,)
     num_actions: int = 4
+    restores_by_snapshot: bool = True      # a branch gathers the stored env state
 
     def __post_init__(self):
         self.num_tasks = int(np.shape(self.levels.player)[0])
@@ -117,6 +120,13 @@ class SymbolicSession:
                          f"{[FEEDBACK_REFLECTOR, ORACLE_REFLECTOR]}")
 
 
+@functools.partial(nnx.jit, static_argnames=("temperature",))
+def _action_probs(policy, tokens_BxL, pos_B, temperature: float):
+    logits = policy(tokens_BxL)[0]
+    at = jnp.take_along_axis(logits, (pos_B - 1)[:, None, None], 1)[:, 0]
+    return jax.nn.softmax(at[:, jnp.asarray(E.ACTION_TOKENS)] / temperature, -1)
+
+
 @dataclasses.dataclass(frozen=True)
 class SymbolicSokoban:
     """The symbolic Sokoban agent interface for one env (preset) and its params."""
@@ -129,6 +139,42 @@ class SymbolicSokoban:
 
     def session(self, policy, tasks: Level, *, max_depth: int, temperature: float) -> SymbolicSession:
         return SymbolicSession(policy, self.env, self.params, tasks, max_depth, temperature)
+
+    def action(self, episode, t: int) -> int:
+        return int(episode.actions[t])
+
+    @property
+    def max_steps(self) -> int:
+        return int(self.params.max_steps_in_episode)
+
+    def distance_to_go(self, episodes, t) -> np.ndarray:
+        """int [R]: optimal moves left from episode r's state before step ``t[r]`` (exact
+        solver, cached per state; -1 unsolvable, 10**6 past the solver's node limit)."""
+        oracle = OracleReflector(self.env.height, self.env.width)
+        ep = jax.tree.map(np.asarray, episodes)
+        rows, t = np.arange(len(t)), np.asarray(t)
+        d = [oracle.distance(g, p) for g, p in zip(ep.states.grid[rows, t], ep.states.player[rows, t])]
+        return np.array([-1 if x is None else x for x in d], np.int64)
+
+    def action_distribution(self, policy, episodes, t, temperature: float = 1.0,
+                            chunk: int = 64) -> np.ndarray:
+        """float [R, A]: the policy's distribution over the actions at step ``t[r]`` of
+        episode ``r``, given that episode's own context before the action (its experiences
+        included), as the rollout samples it (action tokens only, at ``temperature``)."""
+        ep = jax.tree.map(np.asarray, episodes)
+        t = np.asarray(t)
+        pos = ep.action_pos[np.arange(len(t)), t]                    # the action token's slot
+        L = round_up(int(pos.max()), 64)
+        out = []
+        for i in range(0, len(t), chunk):
+            toks = np.zeros((chunk, L), np.int32)
+            rows = ep.tokens[i: i + chunk, :L]
+            toks[: len(rows), : rows.shape[1]] = rows
+            p = np.zeros(chunk, np.int32)
+            p[: len(rows)] = pos[i: i + chunk]
+            out.append(np.asarray(_action_probs(policy, jnp.asarray(toks), jnp.asarray(p),
+                                                temperature))[: len(rows)])
+        return np.concatenate(out)
 
     def sft_example(self, episode, first: int, last: int):
         """Context without experience through action ``last``; loss on actions first..last."""

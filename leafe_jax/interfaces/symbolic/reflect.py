@@ -128,7 +128,8 @@ class OracleReflector:
         self.h, self.w, self.M, self.max_nodes = height, width, num_candidates, max_nodes
         self._cache: dict[bytes, int | None] = {}
 
-    def _dist(self, grid, player) -> int | None:
+    def distance(self, grid, player) -> int | None:
+        """Optimal moves left from (grid, player): None if unsolvable, 10**6 past the node limit."""
         key = np.asarray(grid, np.uint8).tobytes() + int(player).to_bytes(4, "little")
         if key not in self._cache:
             r = solve(Level(grid=np.asarray(grid), player=np.int32(player)), self.h, self.w,
@@ -148,7 +149,7 @@ class OracleReflector:
                 continue
             cands = []
             steps = range(int(flat.start[i]), int(flat.num_steps[i]))
-            d = [self._dist(flat.states.grid[i, t], flat.states.player[i, t]) for t in
+            d = [self.distance(flat.states.grid[i, t], flat.states.player[i, t]) for t in
                  range(int(flat.start[i]), int(flat.num_steps[i]) + 1)]
             for k, t in enumerate(steps):
                 if d[k] is not None and d[k + 1] is None:
