@@ -1,11 +1,15 @@
 """``leafe pretrain`` / ``leafe evaluate`` end to end on a tiny config, and their errors."""
 
 import json
+import os
 
 import pytest
 
 from leafe_jax.cli import main
 from leafe_jax.policy import config as policy_config
+
+
+TRANSFER = os.path.join(os.path.dirname(__file__), "..", "experiments", "levels", "transfer_verl6x6.txt")
 
 
 @pytest.mark.slow
@@ -22,6 +26,14 @@ def test_pretrain_then_evaluate_commands(tmp_path, capsys, monkeypatch):
     data = json.loads((tmp_path / "eval" / "passk.json").read_text())
     assert list(data["passk"]["base"]) == ["1", "2", "4"]
     assert (tmp_path / "eval" / "passk.png").exists()
+    # ... and on a transfer level file (all of its levels), beside the held-out ones
+    from leafe_jax.envs.sokoban.boxoban import read_boxoban, write_boxoban
+    _, lv, H, W = read_boxoban(TRANSFER)
+    write_boxoban(tmp_path / "tr.txt", type(lv)(grid=lv.grid[:3], player=lv.player[:3]), H, W)
+    assert main(["evaluate", f"base={wd}", "--levels", "2", "--n", "4", "--demo-levels", "4",
+                 "--transfer-levels", str(tmp_path / "tr.txt"), "--out", str(tmp_path / "ev_t")]) == 0
+    tr = json.loads((tmp_path / "ev_t" / "transfer" / "passk.json").read_text())
+    assert "3 transfer levels" in tr["title"] and list(tr["passk"]["base"]) == ["1", "2", "4"]
     capsys.readouterr()
     assert main(["play", str(wd), "--demo-levels", "4", "--tokens", "--gif", str(tmp_path / "p.gif")]) == 0
     text = capsys.readouterr().out

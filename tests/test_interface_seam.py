@@ -143,7 +143,7 @@ class TextCorridor:
             mask += [False] * len(o) + [first <= t <= last] * len(a)
         return np.array(toks, np.int32), np.array(mask, bool)
 
-    def success(self, policy, tasks, n, key, *, temperature, progress=True):
+    def success(self, policy, tasks, n, key, *, temperature, progress=True, checkpoint=None):
         s = Session(tasks)
         keys = jax.random.split(key, len(tasks) * n)
         return np.array([s._play(i // n, k, [])[2] for i, k in enumerate(keys)]).reshape(len(tasks), n)

@@ -41,8 +41,9 @@ def evaluate_checkpoints(specs: list[str], out: str, cfg: EvalConfig, *, seed: i
                          demo_levels: int, train_levels: int, preset: str | None = None,
                          levels_file: str | None = None, progress: bool = True) -> dict:
     """Evaluate ``name=workdir`` (or ``workdir``) policies; writes ``passk.json`` / ``.md`` /
-    ``.png`` to ``out`` and returns the tables."""
-    results, levels, agent, preset_name = {}, None, None, preset
+    ``.png`` to ``out`` and returns the tables (with ``cfg.transfer_levels``, also every
+    level of that file, to ``out/transfer``)."""
+    results, transfer, levels, agent, preset_name = {}, {}, None, None, preset
     for spec in specs:
         name, _, wd = spec.rpartition("=")
         name = name or os.path.basename(os.path.normpath(wd))
@@ -62,6 +63,13 @@ def evaluate_checkpoints(specs: list[str], out: str, cfg: EvalConfig, *, seed: i
                                        train_levels=train_levels, levels_file=levels_file)
         results[name] = agent.success(model, levels, cfg.n, eval_key(seed),
                                       temperature=cfg.temperature, progress=progress)
+        if cfg.transfer_levels:               # every level of the transfer file, to out/transfer
+            transfer[name] = agent.success(model, level_file(cfg.transfer_levels, get_preset(preset_name)),
+                                           cfg.n, eval_key(seed), temperature=cfg.temperature,
+                                           progress=progress)
     where = levels_file or "held-out levels"
     num_levels = int(np.shape(levels.player)[0])
+    if transfer:
+        write_sweep(transfer, os.path.join(out, "transfer"), title=f"{preset_name}, "
+                    f"{len(next(iter(transfer.values())))} transfer levels ({cfg.transfer_levels})")
     return write_sweep(results, out, title=f"{preset_name}, {num_levels} {where}, n = {cfg.n}, T = {cfg.temperature}")

@@ -24,8 +24,10 @@ What an implementer provides
 * optional ``action_distribution(policy, episodes, t, temperature) -> float [R, A]``: the
   policy's distribution over actions at step ``t[r]`` given episode r's own context (exact
   compliance in ``leafe.diagnostics``; without it only the sampled repeat rate is reported).
-* ``success(policy, tasks, n, key, *, temperature, progress) -> bool [B, n]``: ``n`` sampled
-  episodes per task from the start (Pass@k evaluation).
+* ``success(policy, tasks, n, key, *, temperature, progress, checkpoint=None) -> bool [B, n]``:
+  ``n`` sampled episodes per task from the start (Pass@k evaluation); ``checkpoint`` (a
+  file path) keeps finished work so a killed evaluation resumes with the same result (an
+  implementation may ignore it).
 * ``episode_like()``: a pytree with the structure of the session's episodes (to load trees).
 * ``describe_task(episodes, task) -> str``, ``describe_rollout(episode) -> str`` and
   ``describe_experience(experience) -> str`` for the rendered trees in reports.
@@ -102,7 +104,7 @@ class AgentInterface(Protocol):
     def action(self, episode, t: int) -> Any: ...      # the action taken at step t (compared by ==)
 
     def success(self, policy, tasks, n: int, key, *, temperature: float,
-                progress: bool = True) -> np.ndarray: ...
+                progress: bool = True, checkpoint: str | None = None) -> np.ndarray: ...
 
     def episode_like(self) -> Any: ...
 

@@ -173,7 +173,10 @@ def policy_dir(stage_dir: str) -> str:
 
 def evaluate(interface, policy, tasks, cfg: PipelineConfig, key, out: str, progress: bool) -> None:
     """``success.npy`` [levels, n] of one model on the held-out tasks."""
-    succ = interface.success(policy, tasks, cfg.eval.n, key, temperature=cfg.eval.temperature,
-                             progress=progress)
     os.makedirs(out, exist_ok=True)
+    partial = os.path.join(out, "partial.npz")      # finished chunks: a killed eval resumes
+    succ = interface.success(policy, tasks, cfg.eval.n, key, temperature=cfg.eval.temperature,
+                             progress=progress, checkpoint=partial)
     np.save(os.path.join(out, "success.npy"), np.asarray(succ))
+    if os.path.exists(partial):
+        os.remove(partial)
