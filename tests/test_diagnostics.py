@@ -114,3 +114,21 @@ def test_branch_starts_on_a_hand_built_tree():
     assert d["start_unsolvable_successful"] == pytest.approx(1 / 2)
     assert d["distance_at_tau_mean"] == pytest.approx(4.0)        # nodes 1, 3: 5 - 2 // 2
     assert d["distance_at_root_mean"] == pytest.approx(5.0)
+
+
+def test_report_tables_of_the_new_diagnostics(tmp_path):
+    import json
+    from leafe_jax.pipeline.report import _branch_starts, _compliance, _following, _per_cost
+    r = {"rollouts": 10, "solved": 4, "branches": 6, "repeat_rate": 0.5, "compliance": 0.25,
+         "p_repeat_with_experience": 0.25, "p_repeat_without_experience": 0.5, "examples": 3}
+    (tmp_path / "f.json").write_text(json.dumps({"rounds": [r], "after": r | {"repeat_rate": 0.1}}))
+    text = "\n".join(_following(str(tmp_path / "f.json")))
+    assert "| before round 1 | 4 / 10 | 6 | 50.0 % | 25.0 % / 50.0 % | 25.0 % | 3 |" in text
+    assert "| after | 4 / 10 | 6 | 10.0 % |" in text and _following(str(tmp_path / "none")) == []
+    s1 = {"rollback": {"task_env_steps": [10, 40], "task_solved": [True, False], "env_steps": 50,
+                       "tokens": 500, "compliance": {"branches": 3, "repeat_rate": 1 / 3},
+                       "branch_starts": {"branches": 3, "tau_mean": 2.0, "tau_mean_successful": None}}}
+    cost = "\n".join(_per_cost(s1))
+    assert "E = 5 / E = 10 / E = 20 / E = 40" in cost and "| rollback | 0.0 / 50.0 / 50.0 / 50.0 | 20.00 | 2000.0 |" in cost
+    assert "| rollback | 3 | 33.3 % | - | - | - |" in "\n".join(_compliance(s1))
+    assert "| rollback | 3 | 2.0 / - |" in "\n".join(_branch_starts(s1))

@@ -35,7 +35,7 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
         lines.append(f"| {k} | {sw} | {st['env_steps']} | {st['tokens']} | "
                      f"{st['branches_per_task']:.2f} | {st['max_depth_reached']} | "
                      f"{st['successful_branches']} ({100 * st['branch_success_rate']:.1f} %) |")
-    lines += _per_cost(s1) + _compliance(s1) + _branch_starts(s1)
+    lines += _per_cost(s1) + _compliance(s1) + _branch_starts(s1) + _following(at("base", "following.json"))
     if cfg.baselines.methods:
         g, ee = cfg.baselines.grpo, cfg.baselines.early_experience
         lines += ["", "## Interaction budgets (env steps spent collecting training data)", "",
@@ -118,5 +118,24 @@ def _branch_starts(s1: dict) -> list[str]:
             f"{fmt(c.get('distance_at_root_mean'))} | {fmt(c.get('start_unsolvable'), True)} / "
             f"{fmt(c.get('start_unsolvable_successful'), True)} | "
             f"{c.get('successful_start_quarters', '-')} |")
+    return lines
+
+
+def _following(path: str) -> list[str]:
+    """The base policy's following rounds: compliance on demo-pool rollouts before each
+    round's training, and after the last."""
+    if not os.path.exists(path):
+        return []
+    f = read_json(path)
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f} %"
+    lines = ["", "Base policy, following experience (on-policy rounds on demo-pool levels):", "",
+             "| when | rollouts solved | branches | repeated a_tau (sampled) | P(a_tau) with / "
+             "without the experience | compliance | examples |", "|---|---|---|---|---|---|---|"]
+    rows = [(f"before round {i + 1}", r) for i, r in enumerate(f["rounds"])] + [("after", f["after"])]
+    for name, r in rows:
+        lines.append(f"| {name} | {r['solved']} / {r['rollouts']} | {r['branches']} | "
+                     f"{pct(r.get('repeat_rate'))} | {pct(r.get('p_repeat_with_experience'))} / "
+                     f"{pct(r.get('p_repeat_without_experience'))} | {pct(r.get('compliance'))} | "
+                     f"{r.get('examples', '-')} |")
     return lines
 
