@@ -218,6 +218,20 @@ def test_replay_cost_charges_tau_per_branch(setup, rollback_tree):
     assert extra.sum() > 0
 
 
+def test_action_distribution_is_chunking_free_and_normalised(setup, rollback_tree):
+    model, env, params, levels = setup
+    tree, _ = rollback_tree
+    agent = SymbolicSokoban(env, params)
+    b, n = np.nonzero(tree.is_branch)
+    eps = jax.tree.map(lambda x: np.asarray(x)[b, n], tree.episodes)
+    small = agent.action_distribution(model, eps, tree.tau[b, n], chunk=3)
+    big = agent.action_distribution(model, eps, tree.tau[b, n], chunk=64)
+    np.testing.assert_allclose(small, big, atol=1e-5)
+    np.testing.assert_allclose(small.sum(1), 1, atol=1e-5)
+    # the revised action the rollout sampled has positive probability in its own context
+    assert (small[np.arange(len(b)), eps.actions[np.arange(len(b)), tree.tau[b, n]]] > 0).all()
+
+
 def test_tree_save_load_round_trip(rollback_tree, tmp_path):
     tree, _ = rollback_tree
     save_tree(tree, tmp_path / "t.npz")

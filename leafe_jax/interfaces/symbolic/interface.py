@@ -167,24 +167,28 @@ class SymbolicSokoban:
         return np.array([-1 if x is None else x for x in d], np.int64)
 
     def action_distribution(self, policy, episodes, t, temperature: float = 1.0,
-                            chunk: int = 64) -> np.ndarray:
+                            chunk: int = 8) -> np.ndarray:
         """float [R, A]: the policy's distribution over the actions at step ``t[r]`` of
         episode ``r``, given that episode's own context before the action (its experiences
-        included), as the rollout samples it (action tokens only, at ``temperature``)."""
+        included), as the rollout samples it (action tokens only, at ``temperature``).
+        A full forward per context (its attention scores are chunk x heads x L^2): rows are
+        taken shortest first in small chunks, each cut to its longest context."""
         ep = jax.tree.map(np.asarray, episodes)
         t = np.asarray(t)
         pos = ep.action_pos[np.arange(len(t)), t]                    # the action token's slot
-        L = round_up(int(pos.max()), 64)
-        out = []
+        order = np.argsort(pos, kind="stable")
+        out = np.zeros((len(t), len(E.ACTION_TOKENS)), np.float32)
         for i in range(0, len(t), chunk):
+            rows = order[i: i + chunk]
+            L = round_up(int(pos[rows].max()), 64)
             toks = np.zeros((chunk, L), np.int32)
-            rows = ep.tokens[i: i + chunk, :L]
-            toks[: len(rows), : rows.shape[1]] = rows
-            p = np.zeros(chunk, np.int32)
-            p[: len(rows)] = pos[i: i + chunk]
-            out.append(np.asarray(_action_probs(policy, jnp.asarray(toks), jnp.asarray(p),
-                                                temperature))[: len(rows)])
-        return np.concatenate(out)
+            src = ep.tokens[rows, :L]
+            toks[: len(rows), : src.shape[1]] = src
+            p = np.ones(chunk, np.int32)
+            p[: len(rows)] = pos[rows]
+            out[rows] = np.asarray(_action_probs(policy, jnp.asarray(toks), jnp.asarray(p),
+                                                 temperature))[: len(rows)]
+        return out
 
     def sft_example(self, episode, first: int, last: int):
         """Context without experience through action ``last``; loss on actions first..last."""
