@@ -19,9 +19,11 @@ COMPARISON = {"baselines": {"methods": ["grpo", "early_experience"]},
               "stage2": {"variants": ["leafe", "rehearsal", "bc"]}}
 # The pre-redesign code's budgets and Stage-2 objective, kept as named options: no stopping
 # at a task's first success, children may repeat an ancestor's (tau, experience), one
-# pooled mean over all action tokens, and e2p also where a'_tau repeated the parent's a_tau.
+# pooled mean over all action tokens, and e2p also where a'_tau repeated the parent's a_tau;
+# Early Experience's world modelling as a share of the others' update steps.
 LEGACY = {"stage1": {"explore": {"stop_at_first_success": False, "dedupe_path": False}},
-          "stage2": {"distill": {"loss": "pooled", "changed_only": False}}}
+          "stage2": {"distill": {"loss": "pooled", "changed_only": False}},
+          "baselines": {"early_experience": {"wm_epochs": 0.0}}}
 PINNED = os.path.join(os.path.dirname(__file__), "data", "pinned_tiny_pipeline.json")
 
 

@@ -289,3 +289,50 @@ def test_no_successful_branch_gives_an_empty_distillation_set(rollback_tree):
     assert rec is None and stats["successful_branches"] == 0
     with pytest.raises(ValueError, match="needs rehearsal, e2p, or both"):
         stage2_examples(agent, tree, DistillConfig(), rehearsal=False, e2p=False)
+
+
+def test_periodic_stop_and_truncate_by_hand():
+    """Deadlock at step 2 (U pushes the box onto a dead square). A check every R steps of the
+    rollout sees steps < R, < 2R, ...: R = 2 first sees it at 4, R = 3 at 3, R = 5 at 5;
+    R = 6 would check at 6 = the episode's end (nothing left to save: no stop)."""
+    from leafe_jax.interfaces.symbolic.episode import truncate
+    from leafe_jax.interfaces.symbolic.reflect import periodic_stop
+    acts = [L, R, U, U, D, D]
+    ep = episode_from_actions(ENV, CORNER, acts, 10)
+    assert bool(ep.info["deadlock"][2]) and not np.asarray(ep.info["deadlock"][:2]).any()
+    assert [int(periodic_stop(one(ep), r)[0]) for r in (2, 3, 5, 6)] == [4, 3, 5, 6]
+    clean = episode_from_actions(ENV, CORNER, [D, D, R], 10)      # bumps, no deadlock
+    assert int(periodic_stop(one(clean), 1)[0]) == 3
+    # a cut episode is the episode of the first 4 actions
+    cut = jax.tree.map(lambda x: x[0], truncate(one(ep), np.array([4])))
+    want = episode_from_actions(ENV, CORNER, acts[:4], 10, token_slots=ep.tokens.shape[0])
+    for f in ("actions", "active", "tokens", "token_len", "num_steps", "solved"):
+        np.testing.assert_array_equal(np.asarray(getattr(cut, f)), np.asarray(getattr(want, f)), err_msg=f)
+    np.testing.assert_array_equal(np.asarray(cut.states.grid), np.asarray(want.states.grid))
+    assert np.asarray(cut.action_pos[:4]).tolist() == np.asarray(want.action_pos[:4]).tolist()
+
+
+def test_interrupted_search_cuts_lost_rollouts_and_pays_only_what_ran(setup, rollback_tree):
+    from leafe_jax.interfaces.symbolic.reflect import periodic_stop
+    model, env, params, levels = setup
+    tree, cfg = rollback_tree
+    R = 3
+    cut = explore(SymbolicSokoban(env, params), model, levels.level, jax.random.key(1),
+                  dataclasses.replace(cfg, interrupt_every=R), progress=False)
+    # the roots are the uninterrupted roots, stopped where the check says
+    full_root = jax.tree.map(lambda x: x[:, 0], tree.episodes)
+    stop = np.asarray(periodic_stop(full_root, R))
+    n = np.asarray(cut.episodes.num_steps)
+    assert (n[:, 0] == stop).all() and (stop < np.asarray(full_root.num_steps)).any()
+    for b in range(12):
+        np.testing.assert_array_equal(np.asarray(cut.episodes.actions[b, 0, : stop[b]]),
+                                      np.asarray(full_root.actions[b, : stop[b]]))
+    # every rollout pays exactly the steps it ran; a stopped one is a failure that had caused
+    # a deadlock, stopped on a check (a multiple of R of its own steps)
+    start = np.asarray(cut.episodes.start)
+    np.testing.assert_array_equal(cut.env_steps[cut.valid], (n - start)[cut.valid])
+    stopped = cut.valid & ~cut.solved & (n < env.default_params.max_steps_in_episode)
+    assert stopped.any() and ((n - start)[stopped] % R == 0).all()
+    dead = np.asarray(cut.episodes.info["deadlock"])
+    assert all(dead[b, k, start[b, k]: n[b, k]].any() for b, k in zip(*np.nonzero(stopped)))
+    assert cut.env_steps[cut.valid].sum() < tree.env_steps[tree.valid].sum()

@@ -246,3 +246,50 @@ def test_a_preempted_stage_is_not_marked_done(tmp_path, monkeypatch):
     with pytest.raises(Preempted):
         run_pipeline(C.tiny(), str(tmp_path), progress=False)
     assert not (tmp_path / "base" / "DONE").exists()
+
+
+@pytest.mark.slow
+def test_tiny_pipeline_with_the_faithful_options(tmp_path):
+    """The issue-#13 options in one run: ``experiment.history_length`` makes every policy of
+    the run windowed (the base checkpoint carries the window, so Stage 2, GRPO and evaluation
+    load it as trained; another window is refused by the base stage); a base that follows
+    and writes experience; periodic reflection that stops lost rollouts; the policy as its own
+    reflector (``rollback_self``) and its Stage 2 (``leafe_self``); GRPO to convergence and
+    Early Experience's world modelling over what it collected."""
+    cfg = C.from_dict({"experiment": {"history_length": 1},
+                       "base": {"following_rounds": 1, "following_levels": 16, "following_steps": 5,
+                                "self_reflection": True},
+                       "stage1": {"strategies": ["rollback", "rollback_self"],
+                                  "explore": {"interrupt_every": 3}},
+                       "stage2": {"variants": ["leafe", "leafe_self"]},
+                       "baselines": {"methods": ["grpo", "grpo_converged", "early_experience"],
+                                     "converge": {"val_levels": 4, "val_samples": 2, "eval_every": 1,
+                                                  "patience": 1, "cap": 3.0}}}, base=C.tiny())
+    assert cfg.experiment.policy_config().window_segments == 2
+    wd = str(tmp_path / "run")
+    report = run_pipeline(cfg, wd, progress=False)
+    for d in ("base", "sft/leafe", "baselines/grpo", "baselines/grpo_converged/best",
+              "baselines/early_experience/imitation"):
+        m, _ = load_policy(os.path.join(wd, d))
+        assert m.cfg.window_segments == 2 and m.cfg.segment_tokens, d
+    assert {"base", "leafe", "grpo", "grpo-converged", "early-experience"} <= set(report["passk"])
+    s1 = report["stage1"]
+    assert s1["rollback_self"]["reflector"]["asked"] > 0 and s1["rollback"]["interrupted"] >= 0
+    text = open(os.path.join(wd, "report.md")).read()
+    assert "Self-reflection" in text and "rollback_self: the policy's own reflections" in text
+    st = json.load(open(os.path.join(wd, "data", "leafe_self", "stats.json")))
+    if st["examples"]:
+        assert "leafe-self" in report["passk"]
+    # GRPO to convergence: a curve from the base on, stopped by patience or the cap, the
+    # evaluated policy the best validated one
+    curve = json.load(open(os.path.join(wd, "baselines", "grpo_converged", "curve.json")))
+    bj = json.load(open(os.path.join(wd, "baselines", "grpo_converged", "budget.json")))
+    assert curve[0]["rollout_batches"] == 0 and len(curve) >= 2
+    assert bj["rollout_batches"] == max(curve, key=lambda c: c["val_pass1"])["rollout_batches"]
+    assert curve[-1]["rollout_batches"] <= bj["cap_rollout_batches"]
+    assert "GRPO to convergence: validation curve" in open(os.path.join(wd, "report.md")).read()
+    # Early Experience's world modelling covers what it collected (one pass), then imitation
+    e = json.load(open(os.path.join(wd, "baselines", "early_experience", "budget.json")))
+    assert e["wm_examples_seen"] == e["examples"] and e["imitation_steps"] == cfg.stage2.sft.steps
+    with pytest.raises(ValueError, match=r"'base'.*history_length differ"):
+        run_pipeline(C.from_dict({"experiment": {"history_length": 2}}, base=cfg), wd, progress=False)

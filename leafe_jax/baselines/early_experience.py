@@ -4,9 +4,12 @@ At the states of the demonstration trajectories the agent takes up to K alternat
 (not the expert's), the environment executes them, and the policy is trained to predict the
 *resulting next observation* - in this interface, the tokens that follow the action in the
 context: the next turn's cells and feedback token. Then imitation on the demonstrations.
-Both phases use the shared trainer; the comparison gives Early Experience the same total
-number of update steps as every other fine-tuning (``wm_fraction`` of them on world
-modelling). The env steps spent collecting the branches are counted (the budget unit).
+Both phases use the shared trainer. The world-model phase makes ``wm_epochs`` passes over
+what was collected (the paper's method learns from all of it), then imitation gets the
+update steps every other fine-tuning gets; ``wm_epochs = 0`` keeps the old split (the
+same total steps as the others, ``wm_fraction`` of them on world modelling - with the
+budget matched that used ~2 % of the collected examples). The env steps spent collecting
+the branches are counted (the budget unit).
 """
 
 from __future__ import annotations
@@ -24,7 +27,11 @@ from leafe_jax.interfaces.symbolic import encoding as E
 @config
 class EarlyExperienceConfig:
     alternatives: int = field(3, lo=1, doc="alternative actions per demonstration state")
-    wm_fraction: float = field(0.5, lo=0, hi=1, doc="share of the update steps on world modelling")
+    wm_epochs: float = field(1.0, lo=0, doc="world-model passes over the collected examples, then "
+                                            "stage2.sft.steps of imitation (0: the old split, "
+                                            "wm_fraction of stage2.sft.steps on world modelling)")
+    wm_fraction: float = field(0.5, lo=0, hi=1, doc="with wm_epochs = 0: share of the update steps "
+                                                    "on world modelling")
     demo_levels: int = field(200, lo=1, doc="demonstration levels (when the budget is not matched)")
     learning_rate: float = field(3e-4, lo=0, lo_open=True)
 

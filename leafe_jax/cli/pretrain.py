@@ -22,10 +22,9 @@ def run(args) -> int:
     from leafe_jax.envs.sokoban import get_preset
     from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig, pretrain_base_policy
     from leafe_jax.pipeline.config import ExperimentConfig
-    from leafe_jax.policy.config import get_config
 
     ex, cfg = from_flags(ExperimentConfig, args), from_flags(PretrainConfig, args)
-    _, metrics, stats = pretrain_base_policy(get_preset(ex.preset), get_config(ex.model), cfg,
+    _, metrics, stats = pretrain_base_policy(get_preset(ex.preset), ex.policy_config(), cfg,
                                              args.workdir, seed=ex.seed)
     print(json.dumps({"workdir": args.workdir, "data": stats, "final": metrics}, indent=1))
     return 0

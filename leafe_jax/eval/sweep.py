@@ -28,6 +28,7 @@ class EvalConfig:
     temperature: float = field(1.0, lo=0, lo_open=True)
     transfer_levels: str = field("", doc="a level file (Boxoban format, the preset's size): "
                                          "every model is also evaluated on it")
+    transfer_n: int = field(0, lo=0, doc="samples per transfer level (0: n)")
 
 
 EVAL_KEY_OFFSET = 2000

@@ -50,6 +50,9 @@ What an implementer provides
   episodes from step 0 (the parent's steps before tau, then the branch's).
 * ``reflector(name, *, num_candidates, every) -> Callable[[episodes], Reflection]``: the
   interface's reflectors (``"feedback"`` at least); an unknown name is a ``ValueError``.
+* optional ``interrupt(rollouts, every) -> Rollouts``: the rollouts as if a reflection every
+  ``every`` steps had stopped those already lost (cut there, charged only what came before);
+  needed by the search's ``interrupt_every``.
 
 Episodes are pytrees of arrays with a leading row axis (device or host arrays) holding at
 least ``solved`` bool [R], ``num_steps`` int [R] (the episode's length in steps) and ``start``

@@ -90,3 +90,13 @@ def branch_starts(interface, tree: Tree) -> dict:
                 "distance_at_tau_mean": float(at_tau[both].mean()) if both.any() else None,
                 "distance_at_root_mean": float(at_root[both].mean()) if both.any() else None}
     return out
+
+
+def interrupted(interface, tree) -> int:
+    """Rollouts a periodic reflection stopped: failed before the step limit (an episode ends
+    early only when solved, otherwise)."""
+    T = getattr(interface, "max_steps", None)
+    if T is None:
+        return 0
+    n = np.asarray(tree.episodes.num_steps)
+    return int((tree.valid & ~tree.solved & (n < T)).sum())

@@ -12,11 +12,17 @@ an agent interface (``interfaces.protocol``); every strategy is an entry of ``ST
 * ``refine``: K attempts from the start; attempt k+1 carries the reflection on attempt k's
   failure as an experience before the first turn ("a later state to avoid").
 * ablations of rollback: ``rollback_oracle`` (the interface's exact ``oracle`` reflector, an
-  upper bound), ``rollback_mask`` (experience + forbidden-action mask at tau),
+  upper bound), ``rollback_self`` (the policy as its own reflector, as in the paper), ``rollback_mask`` (experience + forbidden-action mask at tau),
   ``rollback_mask_only`` (the mask without the experience).
 
 The result is a ``tree.Tree`` of ``[B, N = K]`` arrays. ``order`` is the rollout's index in
 its task's budget, so "solved within k" reads off the tree for every strategy.
+
+Periodic reflection (``interrupt_every = R``, rollback and refine): every R steps of a
+rollout the interface checks the trajectory so far (``Session.interrupt``) and stops a
+rollout that is already lost there - it is recorded as a failure of that length, pays only
+the steps before the stop, and is reflected on like any failure (the paper reflects
+periodically as well as on failure). Independent sampling does not reflect, so it is not cut.
 
 Budgets: with ``stop_at_first_success`` (default) a task that is solved gets no further
 rollout under any strategy (independent and refine stop; rollback expands no node of a
@@ -48,6 +54,9 @@ class ExploreConfig:
     use_experience: bool = True    # ablation: experience in context at tau
     use_mask: bool = False         # ablation: forbid the original action at tau
     reflect_every: int = field(0, lo=0, doc="R: also reflect every R steps (0: on failure only)")
+    interrupt_every: int = field(0, lo=0, doc="reflect every R steps during a rollout and stop it "
+                                              "where the interface says it is already lost "
+                                              "(rollback, refine; 0: never)")
     temperature: float = field(1.0, lo=0, lo_open=True)
     stop_at_first_success: bool = field(True, doc="a solved task gets no further rollout")
     dedupe_path: bool = field(True, doc="a child never repeats the (tau, experience) of a node "
@@ -141,6 +150,16 @@ class _Search:
                     episodes=jax.tree.map(lambda x: x.reshape((B, K) + x.shape[1:]), self.store))
 
 
+def _interrupted(s: _Search, out: Rollouts) -> Rollouts:
+    """Periodic reflection during the rollouts (``interrupt_every``): each is cut where the
+    session's check stops it, and pays only the steps and tokens before the stop."""
+    if not s.cfg.interrupt_every:
+        return out
+    if not hasattr(s.session, "interrupt"):
+        raise ValueError("interrupt_every needs a session that can stop a rollout (interrupt)")
+    return s.session.interrupt(out, s.cfg.interrupt_every)
+
+
 def _open(s: _Search, task: np.ndarray) -> np.ndarray:
     """bool per entry: the task may still spend rollouts (not solved, or stopping is off)."""
     return ~s.solved[task].any(1) if s.cfg.stop_at_first_success else np.ones(len(task), bool)
@@ -162,7 +181,7 @@ def _refine(s: _Search, reflect) -> None:
         todo = every[_open(s, every)]
         if not len(todo):
             break
-        out = s.session.roots(todo, s.keys(todo), start_experience=start_exp[todo])
+        out = _interrupted(s, s.session.roots(todo, s.keys(todo), start_experience=start_exp[todo]))
         s.record(todo, out, experience=start_exp[todo], depth=np.full(len(todo), k),
                  parent=np.full(len(todo), k - 1))
         refl = reflect(out.episodes)
@@ -177,7 +196,7 @@ def _new_on_path(s: _Search, task, slot, tau, exp) -> np.ndarray:
     (tau, experience) - a child never repeats an ancestor's correction."""
     keep = np.ones(len(task), bool)
     node = slot.copy()
-    flat = lambda x: x.reshape(len(x), -1)
+    flat = lambda x: x.reshape(len(x), int(np.prod(x.shape[1:])))    # (no candidates: 0 rows)
     for _ in range(s.cfg.max_depth + 1):
         live = node >= 0
         at = np.maximum(node, 0)
@@ -190,7 +209,7 @@ def _new_on_path(s: _Search, task, slot, tau, exp) -> np.ndarray:
 
 def _rollback(s: _Search, reflect) -> None:
     every = np.arange(s.B)
-    frontier = s.record(every, s.session.roots(every, s.keys(every)))
+    frontier = s.record(every, _interrupted(s, s.session.roots(every, s.keys(every))))
     A, exp_shape = s.forbidden.shape[-1], s.experience.shape[2:]
     for d in range(1, s.cfg.max_depth + 1):
         refl = jax.device_get(reflect(s.gather(frontier)))                # [F, M]
@@ -213,6 +232,7 @@ def _rollback(s: _Search, reflect) -> None:
         c = {k: v[keep] for k, v in c.items()}
         out = s.session.branches(s.gather(c["par"]), c["tau"], c["exp"], c["forb"], s.keys(c["task"]),
                                  use_experience=s.cfg.use_experience, use_mask=s.cfg.use_mask)
+        out = _interrupted(s, out)
         if s.cfg.replay_cost and getattr(s.session, "restores_by_snapshot", False):
             out = out._replace(env_steps=np.asarray(out.env_steps) + c["tau"])
         frontier = s.record(c["task"], out, parent=c["par"] % s.K, depth=np.full(len(c["task"]), d),
@@ -234,6 +254,8 @@ STRATEGIES: dict[str, Strategy] = {
     "refine": Strategy(expand=_refine, doc="K attempts from the start, each with the last reflection"),
     "rollback_oracle": Strategy(expand=_rollback, reflector="oracle",
                                 doc="exact-solver reflector: an upper bound"),
+    "rollback_self": Strategy(expand=_rollback, reflector="self",
+                              doc="the policy reflects on its own trajectories"),
     "rollback_mask": Strategy(expand=_rollback, overrides=(("use_mask", True),),
                               doc="experience + forbidden-action mask"),
     "rollback_mask_only": Strategy(expand=_rollback,
@@ -254,8 +276,9 @@ def resolve(strategy: str, cfg: ExploreConfig) -> tuple[Strategy, ExploreConfig]
 
 
 def explore(interface, policy, tasks, key, cfg: ExploreConfig, strategy: str = "rollback", *,
-            progress: bool = True) -> Tree:
-    """Stage-1 exploration of the B tasks ``tasks`` under ``strategy`` (see ``STRATEGIES``)."""
+            progress: bool = True, stats: dict | None = None) -> Tree:
+    """Stage-1 exploration of the B tasks ``tasks`` under ``strategy`` (see ``STRATEGIES``).
+    ``stats`` (a dict) receives the reflector's own counters where it keeps any."""
     st, cfg = resolve(strategy, cfg)
     session = interface.session(policy, tasks, max_depth=cfg.max_depth, temperature=cfg.temperature)
     if session.num_tasks == 0:
@@ -263,4 +286,6 @@ def explore(interface, policy, tasks, key, cfg: ExploreConfig, strategy: str = "
     reflect = session.reflector(st.reflector, num_candidates=cfg.children, every=cfg.reflect_every)
     search = _Search(session, key, cfg, progress, f"stage 1 ({strategy})")
     st.expand(search, reflect)
+    if stats is not None and hasattr(reflect, "stats"):
+        stats["reflector"] = dict(reflect.stats)
     return search.tree()

@@ -1,6 +1,6 @@
 """The pipeline's configuration: the library's own configs, nested, read from TOML.
 
-    [experiment]        preset, model, seed                      ExperimentConfig
+    [experiment]        preset, model, seed, history_length      ExperimentConfig
     [base]              behaviour cloning (+ [base.sft])          interfaces.symbolic.pretrain.PretrainConfig
     [stage1]            training pool, strategies (+ [stage1.explore])   leafe.explore.ExploreConfig
     [stage2]            variants (+ [stage2.distill], [stage2.sft])       leafe.distill / train.sft
@@ -20,12 +20,14 @@ import os
 import tomllib
 
 from leafe_jax import configs
+from leafe_jax.baselines.converge import ConvergeConfig
 from leafe_jax.baselines.early_experience import EarlyExperienceConfig
 from leafe_jax.baselines.grpo import GRPOConfig
 from leafe_jax.configs import ConfigError, config, field
 from leafe_jax.envs.sokoban.presets import PRESETS as ENV_PRESETS
 from leafe_jax.eval.sweep import EvalConfig
 from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig
+from leafe_jax.interfaces.symbolic.rollout import windowed
 from leafe_jax.leafe.distill import DistillConfig
 from leafe_jax.leafe.explore import STRATEGIES, ExploreConfig
 from leafe_jax.policy.config import PRESETS as MODEL_PRESETS
@@ -39,6 +41,7 @@ class Variant:
     e2p: bool = False
     from_demos: bool = False       # the BC control: the demonstrations, not the trees
     model_name: str | None = None
+    tree: str = "rollback"         # the Stage-1 strategy whose trees it distils
 
     @property
     def from_tree(self) -> bool:
@@ -46,8 +49,10 @@ class Variant:
 
 
 VARIANTS = {"leafe": Variant(rehearsal=True, e2p=True), "rehearsal": Variant(rehearsal=True),
-            "e2p": Variant(e2p=True), "bc": Variant(from_demos=True, model_name="bc-control")}
-BASELINES = ("grpo", "early_experience")
+            "e2p": Variant(e2p=True), "bc": Variant(from_demos=True, model_name="bc-control"),
+            "leafe_self": Variant(rehearsal=True, e2p=True, tree="rollback_self",
+                                  model_name="leafe-self")}
+BASELINES = ("grpo", "grpo_converged", "early_experience")
 
 
 @config
@@ -55,11 +60,17 @@ class ExperimentConfig:
     preset: str = field("6x6_2box", doc="Sokoban preset")
     model: str = field("sokoban-small", doc="policy preset")
     seed: int = field(0, lo=0)
+    history_length: int = field(0, lo=0, doc="turns of history the policy sees beside the current "
+                                             "one and the first observation (0: the whole episode)")
 
     def __post_init__(self):
         for key, value, known in (("preset", self.preset, ENV_PRESETS), ("model", self.model, MODEL_PRESETS)):
             if value not in known:
                 raise ConfigError(key, f"must be one of {sorted(known)}, got {value!r}")
+
+    def policy_config(self):
+        """The policy's ``ModelConfig``: the preset, windowed when ``history_length`` > 0."""
+        return windowed(MODEL_PRESETS[self.model], self.history_length)
 
 
 @config
@@ -89,10 +100,12 @@ class Stage2Config:
 @config
 class BaselinesConfig:
     """GRPO-RLVR and Early Experience from the same base policy, at the env-step budget that
-    LEAFE's Stage 1 spent (``match_budget``)."""
+    LEAFE's Stage 1 spent (``match_budget``); ``grpo_converged`` trains GRPO until Pass@1 on
+    the validation pool stops improving (``converge``), capped at a multiple of that budget."""
     methods: tuple[str, ...] = field((), choices=BASELINES)
     match_budget: bool = True
     grpo: GRPOConfig = GRPOConfig()
+    converge: ConvergeConfig = ConvergeConfig()     # grpo_converged: validation, patience, cap
     early_experience: EarlyExperienceConfig = EarlyExperienceConfig()
 
 
@@ -107,10 +120,16 @@ class PipelineConfig:
 
     def __post_init__(self):
         tree_variants = [v for v in self.stage2.variants if VARIANTS[v].from_tree]
-        budgeted = self.baselines.methods and self.baselines.match_budget
-        if (tree_variants or budgeted) and "rollback" not in self.stage1.strategies:
-            needs = tree_variants or ["the matched baseline budget"]
-            raise ConfigError("stage1.strategies", f"must include 'rollback' (it feeds {needs})")
+        budgeted = (self.baselines.methods and self.baselines.match_budget) or \
+            "grpo_converged" in self.baselines.methods
+        needs = {}
+        for v in tree_variants:
+            needs.setdefault(VARIANTS[v].tree, []).append(v)
+        if budgeted:
+            needs.setdefault("rollback", []).append("the matched baseline budget")
+        for strategy, users in needs.items():
+            if strategy not in self.stage1.strategies:
+                raise ConfigError("stage1.strategies", f"must include {strategy!r} (it feeds {users})")
 
     def to_dict(self) -> dict:
         return configs.to_dict(self)

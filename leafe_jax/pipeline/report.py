@@ -36,6 +36,13 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
                      f"{st['branches_per_task']:.2f} | {st['max_depth_reached']} | "
                      f"{st['successful_branches']} ({100 * st['branch_success_rate']:.1f} %) |")
     lines += _per_cost(s1) + _compliance(s1) + _branch_starts(s1) + _following(at("base", "following.json"))
+    notes = [f"- {k}: the policy's own reflections - {st['reflector']['asked']} answers, "
+             f"{st['reflector']['malformed']} malformed (no step matches), "
+             f"{st['reflector']['duplicate']} repeating a tau already taken"
+             for k, st in s1.items() if "reflector" in st]
+    notes += [f"- {k}: {st['interrupted']} rollouts stopped by periodic reflection"
+              for k, st in s1.items() if st.get("interrupted")]
+    lines += [""] + notes if notes else []
     if cfg.baselines.methods:
         g, ee = cfg.baselines.grpo, cfg.baselines.early_experience
         lines += ["", "## Interaction budgets (env steps spent collecting training data)", "",
@@ -49,9 +56,15 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
             bj = read_json(at("baselines", m, "budget.json"))
             note = (f"{bj['rollout_batches']} rollout batches x {g.tasks_per_step} tasks x "
                     f"G = {g.group_size}" if m == "grpo" else
-                    f"{bj['demo_levels']} demo levels x {ee.alternatives} alternatives")
+                    f"best of the curve: {bj['rollout_batches']} rollout batches; trained "
+                    f"{bj['env_steps_trained']} env steps, stopped: {bj['stopped']}"
+                    if m == "grpo_converged" else
+                    f"{bj['demo_levels']} demo levels x {ee.alternatives} alternatives; "
+                    f"world model {bj['wm_steps']} steps over {bj['examples']} examples, "
+                    f"imitation {bj['imitation_steps']} steps")
             lines.append(f"| {m} | {bj['env_steps']} | {bj['tokens']} | {note} (target "
                          f"{bj['target_env_steps']}) |")
+    lines += _curve(at("baselines", "grpo_converged", "curve.json"))
     lines += ["", "## Stage-2 data", ""]
     for v in cfg.stage2.variants:
         f = at("data", v, "stats.json")
@@ -137,5 +150,28 @@ def _following(path: str) -> list[str]:
                      f"{pct(r.get('repeat_rate'))} | {pct(r.get('p_repeat_with_experience'))} / "
                      f"{pct(r.get('p_repeat_without_experience'))} | {pct(r.get('compliance'))} | "
                      f"{r.get('examples', '-')} |")
+    q = [(name, r["reflection_quality"]) for name, r in rows if "reflection_quality" in r]
+    if q:
+        lines += ["", "Self-reflection (the policy's greedy reflection on fresh demo-pool failures; "
+                  "warm-up labels from the feedback reflector):", "",
+                  "| when | failures | parses to a step | equals the feedback reflector |",
+                  "|---|---|---|---|"]
+        lines += [f"| {name} | {x['failures']} | {pct(x.get('parse_rate'))} | "
+                  f"{pct(x.get('agrees_with_feedback'))} |" for name, x in q]
     return lines
 
+
+def _curve(path: str) -> list[str]:
+    """GRPO's training curve: validation Pass@1 against rollout batches and env steps."""
+    if not os.path.exists(path):
+        return []
+    curve = read_json(path)
+    best = max(curve, key=lambda c: c["val_pass1"])
+    lines = ["", "## GRPO to convergence: validation curve", "",
+             "Pass@1 on the validation pool (never the held-out levels) after each chunk; "
+             "the evaluated policy is the best point (**bold**).", "",
+             "| rollout batches | env steps | validation Pass@1 |", "|---|---|---|"]
+    for c in curve:
+        v = f"{100 * c['val_pass1']:.1f}"
+        lines.append(f"| {c['rollout_batches']} | {c['env_steps']} | {f'**{v}**' if c is best else v} |")
+    return lines

@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 
 from leafe_jax.envs.sokoban import get_preset
-from leafe_jax.envs.sokoban.pools import held_out_pool, training_pools
+from leafe_jax.envs.sokoban.pools import held_out_pool, training_pools, validation_pool
 from leafe_jax.eval.checkpoints import level_file
 from leafe_jax.eval.sweep import eval_key, write_sweep
 from leafe_jax.interfaces.symbolic.interface import SymbolicSokoban, context_size
@@ -30,7 +30,6 @@ from leafe_jax.pipeline import runners
 from leafe_jax.pipeline.config import VARIANTS, PipelineConfig
 from leafe_jax.pipeline.report import write_report
 from leafe_jax.pipeline.stages import Stages, WorkdirLock, read_json, write_json
-from leafe_jax.policy.config import get_config
 from leafe_jax.train.checkpoint import load_policy
 
 
@@ -41,7 +40,7 @@ def _log(msg):
 def check_context(cfg: PipelineConfig) -> int:
     """Context slots the deepest rollback branch needs; refused up front if the model cannot
     hold them (rather than after base training)."""
-    preset, model = get_preset(cfg.experiment.preset), get_config(cfg.experiment.model)
+    preset, model = get_preset(cfg.experiment.preset), cfg.experiment.policy_config()
     need = context_size(preset.make_env(), cfg.stage1.explore.max_depth, preset.max_steps)
     if need > model.max_seq_len:
         raise ValueError(f"preset {preset.name!r} ({preset.max_steps} steps) with "
@@ -67,7 +66,7 @@ def _run(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
     agent = SymbolicSokoban(env, params)
     at = lambda *p: os.path.join(workdir, *p)
 
-    st.run("base", lambda: runners.base(preset, get_config(ex.model), cfg, at("base"), progress),
+    st.run("base", lambda: runners.base(preset, ex.policy_config(), cfg, at("base"), progress),
            timing="base", what="base policy: behaviour cloning")
     base_model = load_policy(at("base"))[0]
     demo, train = training_pools(preset.generator, ex.seed, demo_levels=cfg.base.demo_levels,
@@ -85,7 +84,7 @@ def _run(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
         spec = VARIANTS[v]
         data_dir = at("data", v) if spec.from_tree else at("base", "data")
         if spec.from_tree:
-            st.run(f"data/{v}", lambda: runners.dataset(agent, trees["rollback"], v, cfg, data_dir),
+            st.run(f"data/{v}", lambda: runners.dataset(agent, trees[spec.tree], v, cfg, data_dir),
                    timing=f"data_{v}", what=f"dataset: {v}")
             if read_json(os.path.join(data_dir, "stats.json"))["examples"] == 0:
                 warnings.warn(f"Stage-2 variant {v!r} has no examples (no successful rollouts of "
@@ -100,6 +99,11 @@ def _run(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
     for m in cfg.baselines.methods:
         fn = {"grpo": lambda: runners.grpo(at("base"), train, env, params, cfg, at("baselines", m),
                                            target, progress),
+              "grpo_converged": lambda: runners.grpo_converged(
+                  at("base"), train, agent, cfg, at("baselines", m), target, validation_pool(
+                      cfg.baselines.converge.val_levels, preset.generator, ex.seed,
+                      demo_levels=cfg.base.demo_levels, train_levels=cfg.stage1.train_levels,
+                      eval_levels=cfg.eval.levels).level, progress),
               "early_experience": lambda: runners.early_experience(
                   at("base"), demo, env, params, cfg, at("baselines", m), target, progress)}[m]
         st.run(f"baselines/{m}", fn, timing=m, what=f"baseline: {m} (env-step budget {target['env_steps']})")
@@ -138,7 +142,8 @@ def _transfer(st: Stages, agent, cfg: PipelineConfig, models: dict, preset, at, 
             levels = level_file(cfg.eval.transfer_levels, preset)
         policy = load_policy(runners.policy_dir(d))[0]
         st.run(f"eval_transfer/{name}", lambda: runners.evaluate(
-            agent, policy, levels, cfg, eval_key(seed), at("eval_transfer", name), progress),
+            agent, policy, levels, cfg, eval_key(seed), at("eval_transfer", name), progress,
+            n=cfg.eval.transfer_n or cfg.eval.n),
             timing=f"eval_transfer_{name}", what=f"transfer eval: {name}")
     results = {name: np.load(at("eval_transfer", name, "success.npy")) for name in models}
     n = len(next(iter(results.values())))

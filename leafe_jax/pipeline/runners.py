@@ -14,12 +14,13 @@ import warnings
 import jax
 import numpy as np
 
+from leafe_jax.baselines.converge import train_until_converged
 from leafe_jax.baselines.early_experience import world_model_examples
 from leafe_jax.baselines.grpo import grpo_optim, train_grpo
 from leafe_jax.data.loader import round_up
 from leafe_jax.data.store import write_sft
 from leafe_jax.interfaces.symbolic.pretrain import pretrain_base_policy
-from leafe_jax.leafe.diagnostics import branch_starts, compliance, first_success_cost
+from leafe_jax.leafe.diagnostics import branch_starts, compliance, first_success_cost, interrupted
 from leafe_jax.leafe.distill import stage2_examples
 from leafe_jax.leafe.explore import explore
 from leafe_jax.leafe.render import example_tasks, render_tree
@@ -31,7 +32,7 @@ from leafe_jax.train.optim import create_optimizer
 from leafe_jax.train.sft import SFTConfig, data_max_len, finetune
 
 # Key offsets per stage: each stage's randomness is its own stream of the experiment seed.
-STAGE1_KEY, GRPO_KEY = 1000, 3000
+STAGE1_KEY, GRPO_KEY, VAL_KEY = 1000, 3000, 5000
 
 
 def base(preset, model_cfg, cfg: PipelineConfig, out: str, progress: bool) -> None:
@@ -41,8 +42,9 @@ def base(preset, model_cfg, cfg: PipelineConfig, out: str, progress: bool) -> No
 def stage1(interface, policy, tasks, cfg: PipelineConfig, strategy: str, out: str,
            progress: bool) -> None:
     """A Stage-1 tree (``tree.npz``), its stats and a few rendered trees."""
+    extra = {}
     tree = explore(interface, policy, tasks, jax.random.key(cfg.experiment.seed + STAGE1_KEY),
-                   cfg.stage1.explore, strategy, progress=progress)
+                   cfg.stage1.explore, strategy, progress=progress, stats=extra)
     os.makedirs(out, exist_ok=True)
     save_tree(tree, os.path.join(out, "tree.npz"))
     cost = first_success_cost(tree)
@@ -53,7 +55,8 @@ def stage1(interface, policy, tasks, cfg: PipelineConfig, strategy: str, out: st
                                    "task_solved": cost["solved"].tolist(),
                                    "compliance": compliance(interface, policy, tree,
                                                             cfg.stage1.explore.temperature),
-                                   "branch_starts": branch_starts(interface, tree)})
+                                   "branch_starts": branch_starts(interface, tree),
+                                   "interrupted": interrupted(interface, tree)} | extra)
     with open(os.path.join(out, "trees.txt"), "w") as fh:
         for b in example_tasks(tree):
             fh.write(render_tree(interface, tree, b) + "\n\n")
@@ -116,13 +119,50 @@ def grpo(base_dir, train, env, params, cfg: PipelineConfig, out, target: dict, p
         "target_env_steps": target["env_steps"], "final": final})
 
 
-def _metric_sum(workdir, key):
+def grpo_converged(base_dir, train, agent, cfg: PipelineConfig, out, target: dict, val_levels,
+                   progress) -> None:
+    """GRPO until Pass@1 on the validation pool stops improving (``baselines.converge``),
+    at most ``cap`` x LEAFE's Stage-1 env steps; the schedule spans that cap. The evaluated
+    policy is the best validated one (``best/``); the curve is ``curve.json``."""
+    g, c = cfg.baselines.grpo, cfg.baselines.converge
+    env, params = agent.env, agent.params
+    per_batch = g.tasks_per_step * g.group_size * target["root_len"]
+    cap = max(c.eval_every, int(c.cap * target["env_steps"] / per_batch))
+    model, meta = load_policy(base_dir)
+    ref, _ = load_policy(base_dir)
+    opt = create_optimizer(model, grpo_optim(g, cap))
+    key = jax.random.key(cfg.experiment.seed + GRPO_KEY)
+    vkey = jax.random.key(cfg.experiment.seed + VAL_KEY)
+    train_dir = os.path.join(out, "train")
+    policy_meta = {"model": meta["model"], "preset": meta.get("preset"), "base": base_dir}
+
+    def train_to(step):
+        train_grpo(model, ref, env, params, train.level, g, opt, step, train_dir, key=key,
+                   progress=progress, meta=policy_meta, ckpt_every=c.eval_every)
+        return _metric_sum(train_dir, "env_steps")
+
+    def validate(m):
+        return float(agent.success(m, val_levels, c.val_samples, vkey, progress=False).mean())
+
+    summary = train_until_converged(model, train_to, validate, c, cap, out, meta=policy_meta,
+                                    log=lambda s: print(f"[grpo_converged] {s}", flush=True))
+    b = summary["best"]
+    write_json(os.path.join(out, "budget.json"), {
+        "env_steps": b["env_steps"], "tokens": _metric_sum(train_dir, "tokens_sampled", upto=b["rollout_batches"]),
+        "rollout_batches": b["rollout_batches"],
+        "optimizer_steps": b["rollout_batches"] * g.epochs * g.minibatches,
+        "env_steps_trained": summary["last"]["env_steps"], "stopped": summary["stopped"],
+        "cap_rollout_batches": cap, "target_env_steps": target["env_steps"],
+        "policy_dir": os.path.join(out, "best")})
+
+
+def _metric_sum(workdir, key, upto: int | None = None):
     """Sum of a per-step metric over the JSONL log (last record per step wins)."""
     by_step = {}
     with open(os.path.join(workdir, "metrics.jsonl")) as fh:
         for line in fh:
             r = json.loads(line)
-            if key in r:
+            if key in r and (upto is None or r["step"] <= upto):
                 by_step[r["step"]] = r[key]
     return int(sum(by_step.values()))
 
@@ -144,11 +184,16 @@ def early_experience(base_dir, demo, env, params, cfg: PipelineConfig, out, targ
                                           rng=np.random.default_rng(cfg.experiment.seed))
     data_dir = os.path.join(out, "data")
     write_sft(rec, data_dir, overwrite=True)
-    wm_steps = int(round(ee.wm_fraction * s.steps))
+    if ee.wm_epochs > 0:        # passes over what was collected, then the usual imitation
+        wm_steps = max(1, int(np.ceil(ee.wm_epochs * len(rec) / s.batch_size)))
+        im_steps = s.steps
+    else:                       # the old split of the others' total
+        wm_steps = int(round(ee.wm_fraction * s.steps))
+        im_steps = s.steps - wm_steps
     model, meta = load_policy(base_dir)
     demo_dir = os.path.join(base_dir, "data")
     phases = [("wm", data_dir, wm_steps, round_up(max(len(t) for t in rec.tokens))),
-              ("imitation", demo_dir, s.steps - wm_steps, data_max_len(demo_dir))]
+              ("imitation", demo_dir, im_steps, data_max_len(demo_dir))]
     for name, d, steps, max_len in phases:
         if steps >= 1:
             finetune(model, d, SFTConfig(steps=steps, batch_size=s.batch_size,
@@ -156,10 +201,11 @@ def early_experience(base_dir, demo, env, params, cfg: PipelineConfig, out, targ
                      os.path.join(out, name), seed=cfg.experiment.seed, max_len=max_len,
                      progress=progress, meta={"model": meta["model"], "preset": meta.get("preset")})
     # the evaluated policy is the last phase's checkpoint
-    final_dir = os.path.join(out, "imitation" if s.steps - wm_steps >= 1 else "wm")
+    final_dir = os.path.join(out, "imitation" if im_steps >= 1 else "wm")
     write_json(os.path.join(out, "budget.json"), {
         "env_steps": env_steps, "tokens": 0, "demo_levels": m, "examples": len(rec),
-        "wm_steps": wm_steps, "imitation_steps": s.steps - wm_steps,
+        "wm_steps": wm_steps, "imitation_steps": im_steps,
+        "wm_examples_seen": min(len(rec), wm_steps * s.batch_size),
         "target_env_steps": target["env_steps"], "policy_dir": final_dir})
 
 
@@ -171,11 +217,13 @@ def policy_dir(stage_dir: str) -> str:
     return stage_dir
 
 
-def evaluate(interface, policy, tasks, cfg: PipelineConfig, key, out: str, progress: bool) -> None:
-    """``success.npy`` [levels, n] of one model on the held-out tasks."""
+def evaluate(interface, policy, tasks, cfg: PipelineConfig, key, out: str, progress: bool,
+             n: int | None = None) -> None:
+    """``success.npy`` [levels, n] of one model on the held-out tasks (``n``: default
+    ``eval.n``)."""
     os.makedirs(out, exist_ok=True)
     partial = os.path.join(out, "partial.npz")      # finished chunks: a killed eval resumes
-    succ = interface.success(policy, tasks, cfg.eval.n, key, temperature=cfg.eval.temperature,
+    succ = interface.success(policy, tasks, n or cfg.eval.n, key, temperature=cfg.eval.temperature,
                              progress=progress, checkpoint=partial)
     np.save(os.path.join(out, "success.npy"), np.asarray(succ))
     if os.path.exists(partial):

@@ -59,23 +59,28 @@ def inputs(cfg: PipelineConfig, stage: str) -> dict:
     if kind == "stage1":
         return tree(name)
     if kind == "data":
-        return {"tree": tree("rollback"), "variant": name, "distill": d["stage2"]["distill"]}
+        return {"tree": tree(VARIANTS[name].tree), "variant": name, "distill": d["stage2"]["distill"]}
     if kind == "sft":
         data = inputs(cfg, f"data/{name}") if VARIANTS[name].from_tree else base
         return {"data": data, "sft": d["stage2"]["sft"]}
+    if kind == "baselines" and name == "grpo_converged":    # cap from LEAFE's budget; the
+        return {"base": base, "budget": tree("rollback"),     # validation pool avoids held-out
+                "grpo": d["baselines"]["grpo"], "converge": d["baselines"]["converge"],
+                "eval_levels": cfg.eval.levels}
     if kind == "baselines":
         own = {"base": base, "budget": tree("rollback") if cfg.baselines.match_budget else None,
                name: d["baselines"][name]}
         if name == "early_experience":
             own["sft"] = d["stage2"]["sft"]
         return own
-    held_out = {k: v for k, v in d["eval"].items() if k != "transfer_levels"}
+    held_out = {k: v for k, v in d["eval"].items() if k not in ("transfer_levels", "transfer_n")}
     if kind == "eval":
         return {"model": inputs(cfg, model_stage(name)), "eval": held_out,
                 "train_levels": cfg.stage1.train_levels}
     if kind == "eval_transfer":
         return {"model": inputs(cfg, model_stage(name)), "eval": held_out,
-                "levels": file_digest(cfg.eval.transfer_levels)}
+                "levels": file_digest(cfg.eval.transfer_levels),
+                "n": cfg.eval.transfer_n or cfg.eval.n}
     raise KeyError(stage)
 
 

@@ -39,6 +39,9 @@ class ModelConfig:
     remat: bool = False                  # recompute each block's activations in the backward pass
     scan_layers: bool = False            # full forward: lax.scan over the blocks (MaxText's
                                          # scan_layers): one layer's gathered weights live at a time
+    window_segments: int = 0             # > 0: a token sees its own segment, the window_segments
+                                         # before it and segment 0 (the task); 0: everything
+    segment_tokens: tuple[int, ...] = ()  # each of these tokens opens a new segment
 
     def __post_init__(self):
         for f in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
@@ -56,6 +59,13 @@ class ModelConfig:
         for f in ("param_dtype", "dtype"):
             if getattr(self, f) not in ("float32", "bfloat16"):
                 raise ValueError(f"{self.name}: {f} must be 'float32' or 'bfloat16'")
+        if self.window_segments < 0:
+            raise ValueError(f"{self.name}: window_segments must be >= 0, got {self.window_segments}")
+        if self.window_segments and not self.segment_tokens:
+            raise ValueError(f"{self.name}: window_segments = {self.window_segments} needs "
+                             "segment_tokens (the tokens that open a segment)")
+        if not isinstance(self.segment_tokens, tuple):
+            object.__setattr__(self, "segment_tokens", tuple(int(t) for t in self.segment_tokens))
 
     @property
     def hd(self) -> int:

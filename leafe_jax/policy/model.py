@@ -13,6 +13,8 @@ KV heads (R = Q // K query heads share a KV head), E head dim, V vocab.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,6 +39,8 @@ class KVCache:
     k: tuple           # per layer [B, K, S, E]  (batch and KV head lead: the decode dot's
     v: tuple           # per layer [B, K, S, E]   batch dims, so XLA needs no transposes)
     lengths: jax.Array  # int32 [B]: valid slots per row
+    seg: jax.Array | None = None    # int32 [B, S]: each slot's segment (windowed models only)
+    nseg: jax.Array | None = None   # int32 [B]: segments opened so far (windowed models only)
 
     @property
     def size(self) -> int:
@@ -47,16 +51,22 @@ def init_cache(cfg: ModelConfig, batch: int, size: int, dtype=None) -> KVCache:
     dtype = dtype or _dtype(cfg.dtype)
     shape = (batch, cfg.num_kv_heads, size, cfg.hd)
     z = lambda: jnp.zeros(shape, dtype)
+    windowed = cfg.window_segments > 0
     return KVCache(k=tuple(z() for _ in range(cfg.num_layers)),
                    v=tuple(z() for _ in range(cfg.num_layers)),
-                   lengths=jnp.zeros((batch,), jnp.int32))
+                   lengths=jnp.zeros((batch,), jnp.int32),
+                   seg=jnp.zeros((batch, size), jnp.int32) if windowed else None,
+                   nseg=jnp.zeros((batch,), jnp.int32) if windowed else None)
 
 
 def cache_shardings(mesh, cfg: ModelConfig):
     """NamedShardings of a ``KVCache`` pytree (batch over data/fsdp, KV heads over tp)."""
     kv = logical_sharding(mesh, ("cache_batch", "cache_kv", "cache_seq", "head_dim"))
-    return KVCache(k=(kv,) * cfg.num_layers, v=(kv,) * cfg.num_layers,
-                   lengths=logical_sharding(mesh, ("cache_batch",)))
+    rows = logical_sharding(mesh, ("cache_batch",))
+    windowed = cfg.window_segments > 0
+    return KVCache(k=(kv,) * cfg.num_layers, v=(kv,) * cfg.num_layers, lengths=rows,
+                   seg=logical_sharding(mesh, ("cache_batch", "cache_seq")) if windowed else None,
+                   nseg=rows if windowed else None)
 
 
 class RMSNorm(nnx.Module):
@@ -97,7 +107,7 @@ class Attention(nnx.Module):
         self.o = _linear(cfg, Q * E, D, ("heads", "embed"), False, rngs)
 
     def __call__(self, x_BxLxD, cos, sin, pos_BxL, valid_BxL, cache_kv, kv_len_B,
-                 attend_slots=None):
+                 attend_slots=None, window=None):
         B, L, _ = x_BxLxD.shape
         Q, K, E = self.Q, self.K, self.E
         R = Q // K
@@ -115,11 +125,19 @@ class Attention(nnx.Module):
             keys = ck.at[rows, :, pos_BxL].set(k.astype(ck.dtype), mode="drop")
             values = cv.at[rows, :, pos_BxL].set(v.astype(cv.dtype), mode="drop")
             new_kv = (keys, values)
-            if attend_slots is not None:        # static: no row has reached these slots yet
+            slots = jnp.arange(keys.shape[2])[None]                            # [1 | B, N]
+            if window is not None and window.slots is not None:   # the window's slots only
+                slots = window.slots
+                g = slots[:, None, :, None]
+                keys = jnp.take_along_axis(keys, g, 2)
+                values = jnp.take_along_axis(values, g, 2)
+            elif attend_slots is not None:      # static: no row has reached these slots yet
                 keys, values = keys[:, :, :attend_slots], values[:, :, :attend_slots]
-            slots = jnp.arange(keys.shape[2])
-            mask = ((slots[None, None, :] <= pos_BxL[:, :, None])
-                    & (slots[None, None, :] < kv_len_B[:, None, None]))
+                slots = slots[:, :attend_slots]
+            mask = ((slots[:, None, :] <= pos_BxL[:, :, None])
+                    & (slots[:, None, :] < kv_len_B[:, None, None]))
+        if window is not None:
+            mask = mask & window.mask
         # GQA: the R query heads of a KV head share its keys; [B, K, L*R, E] queries.
         qg = q.reshape(B, L, K, R, E).transpose(0, 2, 1, 3, 4).reshape(B, K, L * R, E)
         s = jnp.einsum("bkqe,bkse->bkqs", qg, keys.astype(qg.dtype),
@@ -151,9 +169,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, pd, rngs)
         self.mlp = MLP(cfg, rngs)
 
-    def __call__(self, x, cos, sin, pos, valid, cache_kv, kv_len, attend_slots=None):
+    def __call__(self, x, cos, sin, pos, valid, cache_kv, kv_len, attend_slots=None, window=None):
         h, new_kv = self.attn(self.attn_norm(x), cos, sin, pos, valid, cache_kv, kv_len,
-                              attend_slots)
+                              attend_slots, window)
         x = x + h
         return x + self.mlp(self.mlp_norm(x)), new_kv
 
@@ -173,7 +191,8 @@ class Transformer(nnx.Module):
             self.lm_head = _linear(cfg, cfg.hidden_size, cfg.vocab_size, ("embed", "vocab"), False, rngs)
 
     def __call__(self, tokens_BxL, positions_BxL=None, valid_BxL=None, cache: KVCache | None = None,
-                 new_lengths_B=None, attend_slots: int | None = None):
+                 new_lengths_B=None, attend_slots: int | None = None,
+                 attend_window: tuple[int, int] | None = None):
         """Full forward (``cache=None``) or a cached prefill / decode step.
 
         With a cache, token t of row b is written to slot ``positions[b, t]`` and attends to
@@ -181,6 +200,15 @@ class Transformer(nnx.Module):
         plus T). ``attend_slots`` (static) promises that no row attends beyond that many
         slots, so attention reads only that prefix of the cache (the agent loop grows it
         turn by turn). Returns ``(logits_BxLxV float32, cache)``.
+
+        Windowed models (``cfg.window_segments`` = W > 0): a token sees only its own segment,
+        the W before it and segment 0 (a segment opens at each of ``cfg.segment_tokens``),
+        with the cache or without - a history window like verl-agent's ``history_length``,
+        with positions kept absolute so training on whole episodes and cached decoding see
+        the same attention. ``attend_window = (sink, recent)`` (static, cached calls) promises
+        that segment 0 lies in the first ``sink`` slots and every key the new tokens may see
+        past it in the ``recent`` slots ending at the row's last new token: attention then
+        reads only those ``sink + recent`` slots, whatever the context's length.
         """
         tokens_BxL = jnp.asarray(tokens_BxL)
         if tokens_BxL.ndim != 2:
@@ -198,18 +226,24 @@ class Transformer(nnx.Module):
         kv_len = None
         if cache is not None:
             kv_len = new_lengths_B if new_lengths_B is not None else cache.lengths + T
+        window, seg, nseg = None, None, None
+        if self.cfg.window_segments:
+            window, seg, nseg = _segment_window(self.cfg, tokens_BxL, positions_BxL, valid_BxL,
+                                                cache, kv_len, attend_slots, attend_window)
         act = ("act_batch", "act_seq", "act_embed")
         x = constrain(self.embed(tokens_BxL), act)
         ks, vs = [], []
         if cache is None and self.cfg.scan_layers:
-            x = _scan_blocks(self.layers, x, cos, sin, positions_BxL, valid_BxL, self.cfg.remat)
+            x = _scan_blocks(self.layers, x, cos, sin, positions_BxL, valid_BxL, self.cfg.remat,
+                             window)
         for i, layer in enumerate([] if cache is None and self.cfg.scan_layers else self.layers):
             if cache is None and self.cfg.remat:      # training: keep only block inputs
-                x, _ = _remat_block(layer, x, cos, sin, positions_BxL, valid_BxL)
+                x, _ = _remat_block(layer, x, cos, sin, positions_BxL, valid_BxL, window)
                 x = constrain(x, act)
                 continue
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, new_kv = layer(x, cos, sin, positions_BxL, valid_BxL, kv, kv_len, attend_slots)
+            x, new_kv = layer(x, cos, sin, positions_BxL, valid_BxL, kv, kv_len, attend_slots,
+                              window)
             x = constrain(x, act)
             if cache is not None:
                 ks.append(new_kv[0])
@@ -220,16 +254,57 @@ class Transformer(nnx.Module):
         else:
             logits = self.lm_head(x)
         logits = constrain(logits, ("act_batch", "act_seq", "act_vocab"))
-        new_cache = None if cache is None else KVCache(k=tuple(ks), v=tuple(vs), lengths=kv_len)
+        new_cache = None if cache is None else KVCache(k=tuple(ks), v=tuple(vs), lengths=kv_len,
+                                                       seg=seg, nseg=nseg)
         return logits.astype(jnp.float32), new_cache
 
 
+class _Window(NamedTuple):
+    mask: jax.Array           # bool [B, L, N]: which of the N keys each new token may see
+    slots: jax.Array | None   # int32 [B, N]: the cache slots attended (None: all, or a prefix)
+
+
+def _segment_window(cfg: ModelConfig, tokens, pos, valid, cache, kv_len, attend_slots,
+                    attend_window):
+    """The segment rule of a windowed model: key k is visible to query q when k's segment is
+    0 or at most ``window_segments`` before q's; returns ``(window, cache seg, cache nseg)``."""
+    B = tokens.shape[0]
+    mark = jnp.isin(tokens, jnp.asarray(cfg.segment_tokens, jnp.int32)) & valid
+    if cache is None:
+        qseg = jnp.cumsum(mark, 1, dtype=jnp.int32)
+        return _Window(_segment_rule(qseg, qseg, cfg.window_segments), None), None, None
+    if cache.seg is None:
+        raise ValueError("a windowed model needs a cache made for it (init_cache with its config)")
+    live = pos < kv_len[:, None]                 # dropped / finished rows' tokens open nothing
+    mark = mark & live
+    qseg = cache.nseg[:, None] + jnp.cumsum(mark, 1, dtype=jnp.int32)
+    nseg = cache.nseg + mark.sum(1, dtype=jnp.int32)
+    seg = cache.seg.at[jnp.arange(B)[:, None], pos].set(qseg, mode="drop")
+    S = seg.shape[1]
+    slots, kseg = None, seg
+    if attend_window is not None and sum(attend_window) <= S:
+        sink, recent = attend_window
+        last = jnp.max(jnp.where(live, pos, -1), 1)
+        start = jnp.clip(last + 1 - recent, sink, S - recent)
+        slots = jnp.concatenate([jnp.broadcast_to(jnp.arange(sink), (B, sink)),
+                                 start[:, None] + jnp.arange(recent)[None]], 1)
+        kseg = jnp.take_along_axis(seg, slots, 1)
+    elif attend_slots is not None:
+        kseg = seg[:, :attend_slots]
+    return _Window(_segment_rule(qseg, kseg, cfg.window_segments), slots), seg, nseg
+
+
+def _segment_rule(qseg_BxL, kseg_BxN, W: int):
+    k = kseg_BxN[:, None, :]
+    return (k == 0) | (k >= qseg_BxL[:, :, None] - W)
+
+
 @nnx.remat
-def _remat_block(layer, x, cos, sin, pos, valid):
-    return layer(x, cos, sin, pos, valid, None, None)
+def _remat_block(layer, x, cos, sin, pos, valid, window=None):
+    return layer(x, cos, sin, pos, valid, None, None, None, window)
 
 
-def _scan_blocks(layers, x, cos, sin, pos, valid, remat: bool):
+def _scan_blocks(layers, x, cos, sin, pos, valid, remat: bool, window=None):
     """The blocks as one ``lax.scan`` over their stacked weights (stacked at call time:
     storage, checkpoints and loaders keep one module per layer). Under fsdp the compiler then
     gathers one layer's weights per iteration instead of keeping every layer's live at once;
@@ -238,7 +313,7 @@ def _scan_blocks(layers, x, cos, sin, pos, valid, remat: bool):
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(layer) for layer in layers])
 
     def body(x, state):
-        y, _ = nnx.merge(graphdef, state)(x, cos, sin, pos, valid, None, None)
+        y, _ = nnx.merge(graphdef, state)(x, cos, sin, pos, valid, None, None, None, window)
         return constrain(y, ("act_batch", "act_seq", "act_embed")), None
 
     return jax.lax.scan(jax.checkpoint(body) if remat else body, x, stacked)[0]

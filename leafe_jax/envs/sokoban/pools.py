@@ -1,4 +1,5 @@
-"""Disjoint level pools: behaviour-cloning demos, training (Stage 1 / GRPO) and evaluation.
+"""Disjoint level pools: behaviour-cloning demos, training (Stage 1 / GRPO), evaluation, and
+validation (model selection: GRPO to convergence; never the held-out levels).
 
 Each pool draws from its own generator key (``fold_in(key(seed), pool id)``); pools that
 must not overlap are filtered on the host by level content, since tiny rooms can repeat.
@@ -11,7 +12,7 @@ import numpy as np
 
 from leafe_jax.envs.sokoban.generator import GeneratedLevel, GeneratorConfig, generate_levels
 
-POOL_IDS = {"demo": 1, "train": 2, "eval": 3}
+POOL_IDS = {"demo": 1, "train": 2, "eval": 3, "val": 4}
 
 
 def _fingerprints(gen: GeneratedLevel) -> list[bytes]:
@@ -51,3 +52,13 @@ def held_out_pool(num: int, cfg: GeneratorConfig, seed: int, *, demo_levels: int
     ``leafe evaluate`` share. ``pools`` passes the two pools when already built."""
     pools = pools or training_pools(cfg, seed, demo_levels=demo_levels, train_levels=train_levels)
     return level_pool("eval", num, cfg, seed, exclude=tuple(pools))
+
+
+def validation_pool(num: int, cfg: GeneratorConfig, seed: int, *, demo_levels: int,
+                    train_levels: int, eval_levels: int) -> GeneratedLevel:
+    """``num`` validation levels, none identical to a demonstration, training or held-out
+    level of the same seed and pool sizes (adding it changes none of those pools)."""
+    demo, train = training_pools(cfg, seed, demo_levels=demo_levels, train_levels=train_levels)
+    held = held_out_pool(eval_levels, cfg, seed, demo_levels=demo_levels,
+                         train_levels=train_levels, pools=(demo, train))
+    return level_pool("val", num, cfg, seed, exclude=(demo, train, held))

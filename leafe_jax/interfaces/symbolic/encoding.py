@@ -16,6 +16,10 @@ Context of an episode (DESIGN §5)::
   refinement: a later state to avoid). Reasons cover everything the Sokoban reflector can
   say: DEADLOCK (dead square or frozen box), BUMP, NO_PROGRESS, LOOP.
 
+Self-reflection (``interfaces.symbolic.self_reflect``): after an episode's context, ``REFLECT``
+asks the policy for one experience segment about it - the step it names is the step where
+the player stood at (r, c) and took *action*.
+
 A turn is ``(H-2)(W-2) + 2`` tokens: 18 on 6x6, 27 on 7x7.
 """
 
@@ -40,7 +44,8 @@ EXP, EXP_END = 22, 23
 REASON_NAMES = ("deadlock", "bump", "no_progress", "loop")
 R_DEADLOCK, R_BUMP, R_NO_PROGRESS, R_LOOP = range(24, 28)
 ROW0, COL0, MAX_SIDE = 28, 44, 16
-VOCAB_SIZE = 60
+REFLECT = 60                                # "now reflect on this episode" (self-reflection)
+VOCAB_SIZE = 61
 EXP_LEN = 6
 
 
@@ -136,6 +141,8 @@ def describe(tokens) -> str:
             out.append(f"r{t - ROW0}")
         elif COL0 <= t < COL0 + MAX_SIDE:
             out.append(f"c{t - COL0}")
+        elif t == REFLECT:
+            out.append("<reflect>")
         else:
             out.append(f"?{t}")
     return " ".join(out)

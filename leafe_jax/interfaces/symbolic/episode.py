@@ -97,6 +97,29 @@ def stitch(parent: Episode, branch: Trajectory, tau) -> Episode:
     return _stitch(parent, branch, tau, _pad_tokens(branch.tokens, parent.tokens.shape[-1]))
 
 
+@jax.jit
+def truncate(ep: Episode, at) -> Episode:
+    """Each episode cut after its first ``at[r]`` steps (``at >= num_steps``: unchanged), as
+    if the rollout had stopped there: later actions -1 and inactive, states frozen at
+    ``states[at]``, the context ends at action ``at - 1``, not solved (per-step fields of
+    inactive steps are not read by anyone, as after any episode's end)."""
+    T = ep.actions.shape[-1]
+    at = jnp.minimum(jnp.asarray(at, jnp.int32), ep.num_steps)
+    cut = at < ep.num_steps
+    t = jnp.arange(T)[None]
+    live = t < at[:, None]
+    t1 = jnp.minimum(jnp.arange(T + 1)[None], at[:, None])
+    states = jax.tree.map(lambda x: jax.vmap(lambda xx, i: xx[i])(x, t1), ep.states)
+    last = jnp.take_along_axis(ep.action_pos, jnp.maximum(at - 1, 0)[:, None], 1)[:, 0]
+    token_len = jnp.where(cut, last + 1, ep.token_len)
+    S = ep.tokens.shape[-1]
+    return ep._replace(
+        states=states, actions=jnp.where(live, ep.actions, -1),
+        info=jax.tree.map(lambda v: v & live, ep.info), active=ep.active & live,
+        tokens=jnp.where(jnp.arange(S)[None] < token_len[:, None], ep.tokens, E.PAD),
+        token_len=token_len, solved=ep.solved & ~cut, num_steps=jnp.where(cut, at, ep.num_steps))
+
+
 def turn_start(ep: Episode, t, cells: int) -> jax.Array:
     """Position in ``tokens`` where turn t begins (its first cell): turn t is
     ``cells fb [experience] a_t``, the experience only where one sits right before a_t."""

@@ -29,11 +29,13 @@ from leafe_jax.envs.sokoban.level import Level, level_to_ascii
 from leafe_jax.interfaces.protocol import FEEDBACK_REFLECTOR, Rollouts
 from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.interfaces.symbolic.episode import (Episode, branch_inputs, from_trajectory,
-                                                   stitch, strip_experience)
-from leafe_jax.interfaces.symbolic.reflect import OracleReflector, feedback_reflect
+                                                   stitch, strip_experience, truncate)
+from leafe_jax.interfaces.symbolic.reflect import OracleReflector, feedback_reflect, periodic_stop
 from leafe_jax.interfaces.symbolic.rollout import INFO_KEYS, cache_size_for, rollout
+from leafe_jax.interfaces.symbolic.self_reflect import SelfReflector
 
 ORACLE_REFLECTOR = "oracle"
+SELF_REFLECTOR = "self"          # the policy itself (self_reflect.SelfReflector)
 
 
 def _bucket(n: int) -> int:
@@ -112,14 +114,28 @@ class SymbolicSession:
                        temperature=self.temperature, cache_size=self.S)
         return self._out(stitch(pe, traj, tau_p), traj, R)
 
+    def interrupt(self, out: Rollouts, every: int) -> Rollouts:
+        """The rollouts as if a reflection every ``every`` steps had stopped each one that is
+        already lost (``reflect.periodic_stop``): cut there, the steps and tokens after the
+        stop not spent."""
+        ep = out.episodes
+        at = periodic_stop(ep, every)
+        cut = truncate(ep, at)
+        saved = np.asarray(ep.num_steps - cut.num_steps)
+        return Rollouts(cut, np.asarray(out.env_steps) - saved,
+                        np.asarray(out.tokens) - np.asarray(ep.token_len - cut.token_len))
+
     def reflector(self, name: str, *, num_candidates: int, every: int):
         if name == FEEDBACK_REFLECTOR:
             return lambda ep: feedback_reflect(ep, width=self.env.width, num_candidates=num_candidates,
                                                every=every)
         if name == ORACLE_REFLECTOR:
             return OracleReflector(self.env.height, self.env.width, num_candidates=num_candidates)
+        if name == SELF_REFLECTOR:
+            return SelfReflector(self.model, self.env.height, self.env.width,
+                                 num_candidates=num_candidates, temperature=self.temperature)
         raise ValueError(f"unknown reflector {name!r}; the symbolic interface has "
-                         f"{[FEEDBACK_REFLECTOR, ORACLE_REFLECTOR]}")
+                         f"{[FEEDBACK_REFLECTOR, ORACLE_REFLECTOR, SELF_REFLECTOR]}")
 
 
 def _run_tag(tasks, n, key, temperature, batch) -> str:

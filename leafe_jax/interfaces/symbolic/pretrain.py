@@ -11,12 +11,14 @@ import jax
 import numpy as np
 from etils import epath
 
-from leafe_jax.configs import config, field
+from leafe_jax.configs import ConfigError, config, field
 from leafe_jax.envs.sokoban.pools import level_pool
 from leafe_jax.envs.sokoban.presets import Preset
 from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.interfaces.symbolic.demos import bc_examples, build_demos
 from leafe_jax.interfaces.symbolic.following import following_examples
+from leafe_jax.interfaces.symbolic.interface import SymbolicSokoban
+from leafe_jax.interfaces.symbolic.self_reflect import reflection_examples, reflection_quality
 from leafe_jax.data.store import SftRecords, write_sft
 from leafe_jax.policy.config import ModelConfig
 from leafe_jax.policy.model import create_model
@@ -24,6 +26,7 @@ from leafe_jax.train.checkpoint import Checkpointer
 from leafe_jax.train.sft import SFTConfig, data_max_len, finetune
 
 FOLLOW_KEY = 500      # each following round's rollouts: key(seed + FOLLOW_KEY + round)
+REFLECT_KEY = 700     # each round's self-reflection rollouts: key(seed + REFLECT_KEY + round)
 
 
 @config
@@ -36,6 +39,14 @@ class PretrainConfig:
                                                "follow experience (0: plain BC)")
     following_levels: int = field(256, lo=1, doc="demo-pool levels rolled out per round")
     following_steps: int = field(50, lo=1, doc="fine-tuning steps per round (demos + following data)")
+    self_reflection: bool = field(False, doc="the rounds also teach the policy to write its own "
+                                             "reflections (labels: the feedback reflector, demo "
+                                             "pool only); needs following_rounds >= 1")
+
+    def __post_init__(self):
+        if self.self_reflection and not self.following_rounds:
+            raise ConfigError("self_reflection", "needs following_rounds >= 1 (its rounds carry "
+                                                 "the reflection data)")
 
 
 def _bc_tuples(preset: Preset, cfg: PretrainConfig, seed: int) -> list:
@@ -103,6 +114,7 @@ def teach_following(preset: Preset, model, cfg: PretrainConfig, workdir, *, seed
     fine-tuning on the demonstrations plus them (each round resumes from its directory);
     writes ``following.json`` (compliance per round before its training, and after)."""
     env = preset.make_env()
+    agent = SymbolicSokoban(env, env.default_params)
     n = min(cfg.following_levels, cfg.demo_levels)
     levels = jax.tree.map(lambda x: x[:n], level_pool("demo", cfg.demo_levels, preset.generator, seed).level)
     bc = SftRecords.from_tuples(_bc_tuples(preset, cfg, seed))
@@ -116,6 +128,12 @@ def teach_following(preset: Preset, model, cfg: PretrainConfig, workdir, *, seed
             rec, st = following_examples(env, env.default_params, model, levels,
                                          jax.random.key(seed + FOLLOW_KEY + r))
             data = bc if rec is None else bc.concat(rec)
+            if cfg.self_reflection:             # (its quality measured before the round)
+                st["reflection_quality"] = reflection_quality(
+                    agent, model, levels, jax.random.key(seed + REFLECT_KEY))
+                rrec, st["reflection"] = reflection_examples(
+                    agent, model, levels, jax.random.key(seed + REFLECT_KEY + 1 + r))
+                data = data if rrec is None else data.concat(rrec)
             write_sft(data, d / "data", overwrite=True)
             st["max_len"] = int(max(len(t) for t in data.tokens))
             stats_file.write_text(json.dumps(st))
@@ -126,5 +144,8 @@ def teach_following(preset: Preset, model, cfg: PretrainConfig, workdir, *, seed
                            mesh=mesh, meta=meta)
     _, after = following_examples(env, env.default_params, model, levels,
                                   jax.random.key(seed + FOLLOW_KEY))     # round 0's rollouts' keys
+    if cfg.self_reflection:
+        after["reflection_quality"] = reflection_quality(agent, model, levels,
+                                                         jax.random.key(seed + REFLECT_KEY))
     (epath.Path(workdir) / "following.json").write_text(json.dumps({"rounds": rounds, "after": after}))
     return metrics

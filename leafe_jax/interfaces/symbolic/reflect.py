@@ -12,7 +12,8 @@ best first; ``tau = -1`` marks an empty slot), so a failed tree node can have M 
   nothing), then NO_PROGRESS (the first decision after the last push that brought a box
   closer to a target). Only the episode's own decisions (``t >= ep.start``) are candidates.
   With ``every = R`` it also reflects on the prefixes ending every R steps, adding the
-  earliest event of each window.
+  earliest event of each window. ``periodic_stop``: where a reflection every R steps stops
+  a rollout that is already lost (the search's ``interrupt_every``).
 * ``OracleReflector`` (ablation, upper bound; host-side, exact solver): tau = the first
   action after which the level is unsolvable (DEADLOCK), else the first action that made the
   optimal distance to the goal longer (NO_PROGRESS).
@@ -109,6 +110,21 @@ def _reflect_one(ep: Episode, width: int, M: int, every: int):
     reason = jnp.where(ok, reasons[order], 0).astype(jnp.int32)
     exp, forb = jax.vmap(lambda tt, r: _experience(ep, tt, r, width))(tau, reason)
     return Reflection(tau=tau, experience=exp.astype(jnp.int32), forbidden=forb, reason=reason)
+
+
+@partial(jax.jit, static_argnames=("every",))
+def periodic_stop(ep: Episode, every: int) -> jax.Array:
+    """int32 [R]: where a periodic reflection every ``every`` steps of a rollout's own steps
+    stops it - the first check (``start + j * every``, j >= 1) that sees a DEADLOCK the
+    rollout caused, if the rollout was still running there; else its ``num_steps``
+    (no stop). Only the irreversible event stops a rollout: after it no continuation can
+    succeed, so stopping loses nothing; bumps and loops are left to the failure reflection."""
+    T = ep.actions.shape[-1]
+    t = jnp.arange(T)
+    own = ep.info["deadlock"] & ep.active & (t >= ep.start[..., None])
+    first = jnp.min(jnp.where(own, t, T), -1)
+    at = ep.start + ((first - ep.start) // every + 1) * every
+    return jnp.where((first < T) & (at < ep.num_steps), at, ep.num_steps).astype(jnp.int32)
 
 
 @partial(jax.jit, static_argnames=("width", "num_candidates", "every"))

@@ -75,13 +75,16 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
             return tok[0], lp[0]
         return jax.vmap(one)(logits_BxV, keys, t_B, mask_BxV)
 
-    def feed(cache, buf, chunk_BxL, count_B, attend=None):
-        """Write ``chunk[:, :count]`` at each row's next positions; logits at its last token."""
+    window = history_window(model.cfg, C)
+
+    def feed(cache, buf, chunk_BxL, count_B, attend=None, turn=True):
+        """Write ``chunk[:, :count]`` at each row's next positions; logits at its last token.
+        A turn's chunk of a windowed policy reads only the window's slots."""
         L = chunk_BxL.shape[1]
         pos = cache.lengths[:, None] + jnp.arange(L)[None]
         pos = jnp.where(jnp.arange(L)[None] < count_B[:, None], pos, cache_size)   # dropped
         logits, cache = model(chunk_BxL, pos, cache=cache, new_lengths_B=cache.lengths + count_B,
-                              attend_slots=attend)
+                              attend_slots=attend, attend_window=window if turn else None)
         buf = buf.at[rows[:, None], pos].set(chunk_BxL, mode="drop")
         last = jnp.take_along_axis(logits, (count_B - 1)[:, None, None], 1)[:, 0]
         return cache, buf, last
@@ -89,7 +92,7 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
     # 1. prefix (everything before the current turn)
     cache = init_cache(model.cfg, B, cache_size)
     buf = jnp.zeros((B, cache_size), jnp.int32)
-    cache, buf, _ = feed(cache, buf, prefix, prefix_len)
+    cache, buf, _ = feed(cache, buf, prefix, prefix_len, turn=False)
     # 2. first turn: cells, feedback, then the optional experience right before the action
     obs0 = jax.vmap(env.get_obs)(start)
     chunk0 = jnp.concatenate([jax.vmap(E.obs_tokens)(obs0), first_fb[:, None], experience], 1)
@@ -139,6 +142,30 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
                       active=out["active"], terminated=out["term"], truncated=out["trunc"],
                       tokens=buf, token_len=token_len, action_pos=out["a_pos"],
                       solved=env.is_terminated(s_end, params), num_steps=n_act)
+
+
+def history_window(cfg, cells: int) -> tuple[int, int] | None:
+    """``(sink, recent)`` slots a turn's chunk of a windowed policy can see (``None``: not
+    windowed). Segments open at feedback tokens, so segment 0 is ``BOS [start experience]
+    cells_0`` and segment u >= 1 is ``fb_{u-1} [experience] a_{u-1} cells_u`` (at most
+    C + 8 tokens). A chunk's first query is in segment t (``a_{t-1}`` or ``cells_t``), so
+    it may see segments t - W .. t in full plus its own last tokens: (W + 1)(C + 8) + 7."""
+    if not cfg.window_segments:
+        return None
+    W = cfg.window_segments
+    return round_up(1 + E.EXP_LEN + cells, 8), round_up((W + 1) * (cells + 2 + E.EXP_LEN) + 8, 8)
+
+
+def windowed(cfg, history_length: int):
+    """``cfg`` for a policy that sees the current turn, the ``history_length`` turns before
+    it and the first observation (the task), like verl-agent's ``history_length``; 0 = the
+    whole episode (``cfg`` unchanged). Segments open at feedback tokens: the query that
+    picks ``a_t`` sits in segment t + 1 (after ``fb_t``), which with W = history_length + 1
+    sees ``cells_{t-h} .. cells_t`` and the actions ``a_{t-h-1} .. a_{t-1}``."""
+    if history_length <= 0:
+        return cfg
+    fb = tuple(range(E.FB0, E.FB0 + len(E.FEEDBACK_NAMES)))
+    return cfg.replace(window_segments=history_length + 1, segment_tokens=fb)
 
 
 def cache_size_for(env: Sokoban, prefix_len: int, num_steps: int) -> int:
