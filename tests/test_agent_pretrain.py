@@ -56,7 +56,7 @@ def test_pretrain_then_evaluate_end_to_end(tmp_path):
 
 
 def test_pretrain_rejects_a_too_small_vocabulary(tmp_path):
-    with pytest.raises(ValueError, match="vocabulary 32 < interaction vocabulary 60"):
+    with pytest.raises(ValueError, match="vocabulary 32 < interaction vocabulary 61"):
         pretrain_base_policy(get_preset("verl6x6"), TINY.replace(vocab_size=32),
                              PretrainConfig(demo_levels=2, sft=SFTConfig(steps=1)), str(tmp_path))
 
