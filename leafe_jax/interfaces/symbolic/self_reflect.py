@@ -76,14 +76,25 @@ class SelfReflector:
         self.stats = {"asked": 0, "malformed": 0, "duplicate": 0}
         self.calls = 0
 
-    def answers(self, ep: Episode, rows: np.ndarray, samples: int) -> np.ndarray:
-        """int [len(rows), samples, 4]: sampled answers (reason, action, row, col tokens)."""
-        model = self.policy
-        V = model.cfg.vocab_size
-        masks = jnp.asarray(answer_masks(self.h, self.w, V))
+    def answers(self, ep: Episode, rows: np.ndarray, samples: int, chunk: int = 8) -> np.ndarray:
+        """int [len(rows), samples, 4]: sampled answers (reason, action, row, col tokens).
+        The prompts' prefill is a full forward (attention scores rows x heads x L^2): the
+        episodes go shortest first, ``chunk`` at a time, each chunk cut to its longest."""
         prompts = [reflection_prompt(ep.tokens[r], int(ep.token_len[r])) for r in rows]
-        R = len(prompts) * samples
-        B = bucket(R, 8)
+        order = np.argsort([len(p) for p in prompts], kind="stable")
+        out = np.zeros((len(rows), samples, ANSWER_LEN), np.int32)
+        self.calls += 1
+        key = jax.random.fold_in(self.key, self.calls)
+        for c in range(0, len(rows), chunk):
+            idx = order[c: c + chunk]
+            out[idx] = self._answer_chunk([prompts[i] for i in idx], samples, chunk,
+                                          jax.random.fold_in(key, c))
+        return out
+
+    def _answer_chunk(self, prompts, samples: int, chunk: int, key) -> np.ndarray:
+        model = self.policy
+        masks = jnp.asarray(answer_masks(self.h, self.w, model.cfg.vocab_size))
+        B = bucket(chunk * samples, 8)
         L = bucket(max(len(p) for p in prompts), 64)
         toks = np.zeros((B, L), np.int32)
         lens = np.ones(B, np.int32)
@@ -93,17 +104,15 @@ class SelfReflector:
         graphdef, state = nnx.split(model)
         cache = new_cache(model, B, L + 8)
         logits, cache = prefill(graphdef, state, jnp.asarray(toks), jnp.asarray(lens), cache)
-        self.calls += 1
-        key = jax.random.fold_in(self.key, self.calls)
         out = []
+        # sample 0 of each episode is greedy (temperature ~0), the others at temperature
+        temp = jnp.where(jnp.arange(B) % samples == 0, 1e-4, self.temperature)[:, None]
         for j in range(ANSWER_LEN):
-            # sample 0 of each episode is greedy (temperature ~0), the others at temperature
-            temp = jnp.where(jnp.arange(B) % samples == 0, 1e-4, self.temperature)[:, None]
             tok = _sample(logits, jax.random.fold_in(key, j), masks[j], temp)
             out.append(tok)
             logits, cache = extend(graphdef, state, tok[:, None], jnp.ones(B, jnp.int32), cache)
-        ans = np.stack([np.asarray(t) for t in out], 1)[:R]
-        return ans.reshape(len(rows), samples, ANSWER_LEN)
+        R = len(prompts) * samples
+        return np.stack([np.asarray(t) for t in out], 1)[:R].reshape(len(prompts), samples, ANSWER_LEN)
 
     def __call__(self, ep: Episode) -> Reflection:
         ep = jax.tree.map(np.asarray, ep)
