@@ -92,10 +92,12 @@ def test_the_search_takes_the_policys_own_reflections(setup):
 
 
 @pytest.mark.slow
-def test_self_reflection_rounds_teach_the_policy_to_reflect(tmp_path):
-    """base.self_reflection: the rounds add the warm-up data; its parse rate and agreement with
-    the feedback reflector are measured before and after (demo-pool levels only); training on
-    the labels makes the policy agree with them more often than the untrained one."""
+def test_self_reflection_rounds_teach_the_policy_to_reflect(tmp_path, monkeypatch):
+    """base.self_reflection: the rounds add the warm-up data, made and measured on
+    demonstration-pool levels only; its parse rate and agreement with the feedback reflector
+    are measured before and after; training on the labels makes the policy agree with them
+    more often than the untrained one."""
+    import leafe_jax.interfaces.symbolic.pretrain as P
     from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig, pretrain_base_policy
     from leafe_jax.train.sft import SFTConfig
     preset = get_preset("verl6x6")
@@ -103,7 +105,18 @@ def test_self_reflection_rounds_teach_the_policy_to_reflect(tmp_path):
                          following_rounds=1, following_levels=48, following_steps=60,
                          self_reflection=True)
     wd = tmp_path / "base"
+    seen = []
+    for name in ("reflection_examples", "reflection_quality"):
+        real = getattr(P, name)
+        monkeypatch.setattr(P, name, lambda agent, policy, levels, key, _r=real, **k:
+                            seen.append(levels) or _r(agent, policy, levels, key, **k))
     pretrain_base_policy(preset, get_config("sokoban-tiny"), cfg, str(wd), seed=0, progress=False)
+    demo = level_pool("demo", 48, preset.generator, seed=0).level
+    train = level_pool("train", 16, preset.generator, seed=0).level
+    assert len(seen) == 3            # quality before, the round's examples, quality after
+    for lv in seen:
+        assert np.array_equal(np.asarray(lv.grid), np.asarray(demo.grid))
+        assert not np.array_equal(np.asarray(lv.grid[:16]), np.asarray(train.grid))
     rep = json.loads((wd / "following.json").read_text())
     before, after = rep["rounds"][0]["reflection_quality"], rep["after"]["reflection_quality"]
     assert rep["rounds"][0]["reflection"]["examples"] >= 1
