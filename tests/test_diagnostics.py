@@ -132,3 +132,20 @@ def test_report_tables_of_the_new_diagnostics(tmp_path):
     assert "E = 5 / E = 10 / E = 20 / E = 40" in cost and "| rollback | 0.0 / 50.0 / 50.0 / 50.0 | 20.00 | 2000.0 |" in cost
     assert "| rollback | 3 | 33.3 % | - | - | - |" in "\n".join(_compliance(s1))
     assert "| rollback | 3 | 2.0 / - |" in "\n".join(_branch_starts(s1))
+
+
+def test_root_length_counts_stopped_roots_at_the_step_limit():
+    """GRPO's batches are sized by the base's root length. Roots: solved in 5 steps; failed
+    at the limit (T = 10); stopped by periodic reflection after 4 steps (a deadlock: it would
+    have run to the limit) -> (5 + 10 + 10) / 3, not (5 + 10 + 4) / 3."""
+    from leafe_jax.leafe.diagnostics import root_length
+
+    class Eps(NamedTuple):
+        num_steps: np.ndarray
+    z = np.zeros((3, 1), np.int32)
+    tree = Tree(valid=np.ones((3, 1), bool), parent=z - 1, depth=z, order=z, tau=z - 1, reason=z,
+                experience=np.zeros((3, 1, 2), np.int32), forbidden=np.zeros((3, 1, 4), bool),
+                solved=np.array([[True], [False], [False]]), env_steps=np.array([[5], [10], [4]]),
+                tokens=z, episodes=Eps(num_steps=np.array([[5], [10], [4]])))
+    assert root_length(SimpleNamespace(max_steps=10), tree) == pytest.approx(25 / 3)
+    assert root_length(SimpleNamespace(), tree) == pytest.approx(19 / 3)   # no step limit known

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from leafe_jax.leafe.tree import Tree
+from leafe_jax.leafe.tree import ROOT_INDEX, Tree
 
 
 def first_success_cost(tree: Tree) -> dict:
@@ -100,3 +100,16 @@ def interrupted(interface, tree) -> int:
         return 0
     n = np.asarray(tree.episodes.num_steps)
     return int((tree.valid & ~tree.solved & (n < T)).sum())
+
+
+def root_length(interface, tree) -> float:
+    """The mean env steps of a root rollout had nothing stopped it - what a baseline that
+    never stops a rollout (GRPO) pays per episode. A root a periodic reflection stopped had
+    caused a deadlock, so it would have run to the step limit."""
+    roots = tree.env_steps[:, ROOT_INDEX].astype(float)
+    T = getattr(interface, "max_steps", None)
+    if T is None:
+        return float(roots.mean())
+    n = np.asarray(tree.episodes.num_steps)[:, ROOT_INDEX]
+    stopped = tree.valid[:, ROOT_INDEX] & ~tree.solved[:, ROOT_INDEX] & (n < T)
+    return float(np.where(stopped, T, roots).mean())

@@ -20,11 +20,12 @@ from leafe_jax.baselines.grpo import grpo_optim, train_grpo
 from leafe_jax.data.loader import round_up
 from leafe_jax.data.store import write_sft
 from leafe_jax.interfaces.symbolic.pretrain import pretrain_base_policy
-from leafe_jax.leafe.diagnostics import branch_starts, compliance, first_success_cost, interrupted
+from leafe_jax.leafe.diagnostics import (branch_starts, compliance, first_success_cost, interrupted,
+                                         root_length)
 from leafe_jax.leafe.distill import stage2_examples
 from leafe_jax.leafe.explore import explore
 from leafe_jax.leafe.render import example_tasks, render_tree
-from leafe_jax.leafe.tree import ROOT_INDEX, load_tree, save_tree, solved_within, tree_stats
+from leafe_jax.leafe.tree import load_tree, save_tree, solved_within, tree_stats
 from leafe_jax.pipeline.config import VARIANTS, PipelineConfig
 from leafe_jax.pipeline.stages import read_json, write_json
 from leafe_jax.train.checkpoint import load_policy
@@ -99,7 +100,7 @@ def budget(interface, rollback_dir: str | None) -> dict:
     st = read_json(os.path.join(rollback_dir, "stats.json"))
     tree = load_tree(os.path.join(rollback_dir, "tree.npz"), interface.episode_like(), as_jax=False)
     return {"env_steps": int(st["env_steps"]), "tokens": int(st["tokens"]),
-            "root_len": float(tree.env_steps[:, ROOT_INDEX].mean())}
+            "root_len": root_length(interface, tree)}
 
 
 def grpo(base_dir, train, env, params, cfg: PipelineConfig, out, target: dict, progress) -> None:
