@@ -150,16 +150,25 @@ def _row(ep, r):
     return jax.tree.map(lambda x: x[r], ep)
 
 
-def reflection_examples(agent, policy, levels, key, *, temperature: float = 1.0):
-    """``(SftRecords or None, stats)``: one on-policy rollout per (demo-pool) level; each
-    failed one the feedback reflector can name a step for becomes ``context REFLECT EXP
-    reason action ROW COL EXP_END`` with the loss on the answer and EXP_END."""
+def _labelled_failures(agent, policy, levels, key, temperature: float):
+    """One on-policy rollout per level (keys ``split(key, B)``) and the feedback reflector's
+    first candidate for each: ``(host episodes, reflection, rows of the failed episodes it
+    names a step for)`` - the shared start of the warm-up data and of its quality check."""
     sess = agent.session(policy, levels, max_depth=1, temperature=temperature)
     B = sess.num_tasks
     roots = sess.roots(np.arange(B), jax.random.split(key, B))
     eps = jax.tree.map(np.asarray, roots.episodes)
     refl = jax.device_get(sess.reflector(FEEDBACK_REFLECTOR, num_candidates=1, every=0)(roots.episodes))
     rows = np.flatnonzero((np.asarray(refl.tau[:, 0]) >= 0) & ~eps.solved)
+    return eps, refl, rows
+
+
+def reflection_examples(agent, policy, levels, key, *, temperature: float = 1.0):
+    """``(SftRecords or None, stats)``: one on-policy rollout per (demo-pool) level; each
+    failed one the feedback reflector can name a step for becomes ``context REFLECT EXP
+    reason action ROW COL EXP_END`` with the loss on the answer and EXP_END."""
+    eps, refl, rows = _labelled_failures(agent, policy, levels, key, temperature)
+    B = len(eps.solved)
     toks, masks = [], []
     for r in rows:
         p = reflection_prompt(eps.tokens[r], int(eps.token_len[r]))
@@ -177,15 +186,11 @@ def reflection_quality(agent, policy, levels, key, *, temperature: float = 1.0) 
     """On fresh on-policy failures of ``levels``: how often the policy's greedy reflection
     parses to a step of the episode, and how often it equals the feedback reflector's first
     candidate (same tau and experience)."""
-    sess = agent.session(policy, levels, max_depth=1, temperature=temperature)
-    B = sess.num_tasks
-    roots = sess.roots(np.arange(B), jax.random.split(key, B))
-    fb = jax.device_get(sess.reflector(FEEDBACK_REFLECTOR, num_candidates=1, every=0)(roots.episodes))
-    rows = np.flatnonzero((np.asarray(fb.tau[:, 0]) >= 0) & ~np.asarray(roots.episodes.solved))
+    all_eps, fb, rows = _labelled_failures(agent, policy, levels, key, temperature)
     if not len(rows):
         return {"failures": 0}
     me = SelfReflector(policy, agent.env.height, agent.env.width, num_candidates=1)
-    eps = jax.tree.map(lambda x: np.asarray(x)[rows], roots.episodes)
+    eps = jax.tree.map(lambda x: x[rows], all_eps)
     mine = jax.device_get(me(eps))
     ok = np.asarray(mine.tau[:, 0]) >= 0
     same = ok & (np.asarray(mine.tau[:, 0]) == fb.tau[rows, 0]) & \
