@@ -19,6 +19,9 @@ What an implementer provides
   episode (host numpy, unbatched) encoded as a training sequence *with every experience
   removed*, ending with the action of step ``last``; the loss mask marks the action tokens
   of steps ``first..last``. Rehearsal and experience-to-policy data are both built with it.
+  optional ``sft_examples(episode, first, last) -> [(tokens, loss_mask), ...]``: where an
+  interface's turns are separate prompts (a text agent whose prompt carries its own history
+  window), one example per turn; Stage 2 uses it instead of ``sft_example`` when present.
 * ``action(episode, t)``: the action taken at step ``t`` (compared with ``==``: e2p only
   where a'_tau differs from the parent's a_tau; compliance).
 * optional ``action_distribution(policy, episodes, t, temperature) -> float [R, A]``: the

@@ -59,17 +59,24 @@ def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: boo
     stats = {"successful_roots": 0, "successful_branches": 0, "rehearsal": 0, "e2p": 0,
              "duplicates": 0, "e2p_same_action": 0}
 
-    def add(example, source, w, b, s):
-        t, m = example
-        if cfg.dedupe:
-            key = (t.tobytes(), m.tobytes())
-            if key in seen:
-                stats["duplicates"] += 1
-                return
-            seen.add(key)
-        toks.append(t), masks.append(m), src.append(source), weight.append(w)
-        tid.append(task_ids[b]), step.append(s)
-        stats[source] += 1
+    def encode(one, first, last) -> list:
+        """The interface's examples for steps first..last: one sequence, or one per turn
+        where an interface's turns are separate prompts (``sft_examples``)."""
+        if hasattr(interface, "sft_examples"):
+            return interface.sft_examples(one, first, last)
+        return [interface.sft_example(one, first, last)]
+
+    def add(examples, source, w, b, s):
+        for t, m in examples:
+            if cfg.dedupe:
+                key = (t.tobytes(), m.tobytes())
+                if key in seen:
+                    stats["duplicates"] += 1
+                    continue
+                seen.add(key)
+            toks.append(t), masks.append(m), src.append(source), weight.append(w)
+            tid.append(task_ids[b]), step.append(s)
+            stats[source] += 1
 
     for b, n in zip(*np.nonzero(tree.valid & tree.solved)):
         one = jax.tree.map(lambda x: x[b, n], ep)
@@ -80,14 +87,14 @@ def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: boo
         if rehearsal:
             first = tau + 1 if branch else 0
             if first < n_act:
-                add(interface.sft_example(one, first, n_act - 1), "rehearsal", cfg.beta, b, tau)
+                add(encode(one, first, n_act - 1), "rehearsal", cfg.beta, b, tau)
         if e2p and branch:
             parent = jax.tree.map(lambda x: x[b, tree.parent[b, n]], ep)
             if cfg.changed_only and interface.action(one, tau) == interface.action(parent, tau):
                 stats["e2p_same_action"] += 1
                 continue
             last = n_act - 1 if cfg.e2p_suffix else tau
-            add(interface.sft_example(one, tau, last), "e2p", 1.0, b, tau)
+            add(encode(one, tau, last), "e2p", 1.0, b, tau)
     if not toks:
         return None, stats
     return SftRecords.build(toks, masks, source=src, weight=np.asarray(weight, np.float32),

@@ -48,11 +48,23 @@ def prefill(graphdef, state, tokens_BxL, lengths_B, cache: KVCache):
 def decode(graphdef, state, last_logits_BxV, cache: KVCache, key, mask_BxV, *, max_new_tokens: int,
            strategy, stop_tokens: tuple[int, ...] = (), pad_id: int = 0, attend_slots: int | None = None):
     """``lax.while_loop`` decode from the cache; returns (SampleOutput, cache). ``attend_slots``
-    (static) bounds the slots attention reads (no row may reach beyond it)."""
+    (static) bounds the slots attention reads (no row may reach beyond it). ``key``: one key
+    for the batch, or a key per row ([B]: a row's samples then depend only on its own key
+    and context, not on the rows beside it)."""
     model = nnx.merge(graphdef, state)
     B = last_logits_BxV.shape[0]
     N = max_new_tokens
     stops = jnp.asarray(stop_tokens if stop_tokens else (-1,), jnp.int32)
+    per_row = jnp.ndim(key) > 0
+
+    def sample(logits, i):
+        if not per_row:
+            return strategy.get_next_tokens(logits, jax.random.fold_in(key, i), mask_BxV)
+        one = lambda lg, k, m: jax.tree.map(lambda x: x[0], strategy.get_next_tokens(
+            lg[None], jax.random.fold_in(k, i), None if m is None else m[None]))
+        if mask_BxV is None:
+            return jax.vmap(lambda lg, k: one(lg, k, None))(logits, key)
+        return jax.vmap(one)(logits, key, mask_BxV)
 
     def cond(c):
         i, _, _, _, _, done, _ = c
@@ -60,7 +72,7 @@ def decode(graphdef, state, last_logits_BxV, cache: KVCache, key, mask_BxV, *, m
 
     def body(c):
         i, logits, cache, toks, logps, done, n = c
-        tok, lp = strategy.get_next_tokens(logits, jax.random.fold_in(key, i), mask_BxV)
+        tok, lp = sample(logits, i)
         tok = jnp.where(done, pad_id, tok).astype(jnp.int32)
         lp = jnp.where(done, 0.0, lp)
         toks = toks.at[:, i].set(tok)

@@ -1,0 +1,364 @@
+"""Text Sokoban (``interfaces.text``): verl-agent's format and parsing against hand-written
+cases, and the text agent loop driven by a scripted stand-in generator over the real
+SmolLM2 tokenizer (a random tiny model never parses an action, so it would test nothing):
+valid and invalid answers, rollback branches that re-render their parent's prompts, Stage-2
+chat examples without experience text, the model reflector's malformed answers, and the
+Stage-1 -> dataset -> Pass@k stages of the pipeline."""
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from leafe_jax.envs.sokoban import constants as C
+from leafe_jax.envs.sokoban import get_preset
+from leafe_jax.envs.sokoban.level import Level
+from leafe_jax.envs.sokoban.pools import level_pool
+from leafe_jax.envs.sokoban.solver import solve
+from leafe_jax.interfaces.text import format as F
+from leafe_jax.interfaces.text.agent import TextSokoban, truncate
+from leafe_jax.interfaces.text.policy import Generation
+from leafe_jax.leafe.explore import ExploreConfig, explore
+from leafe_jax.policy.tokenizer import Tokenizer
+
+# ---------------------------------------------------------------------------- parsing
+
+
+@pytest.mark.parametrize("text, think, expected", [
+    ("<action>left</action>", False, (C.LEFT, True)),
+    ("<ACTION> Up </ACTION>", False, (C.UP, True)),              # upper case: lowered
+    ("I go left", False, (F.INVALID, False)),                     # no tags
+    ("<action>left", False, (F.INVALID, False)),                  # no closing tag
+    ("</action>left<action>", False, (F.INVALID, False)),         # tags in the wrong order
+    ("<action>left or up</action>", False, (C.UP, True)),         # several: pool order wins
+    ("<action>right</action><action>left</action>", False, (C.RIGHT, True)),   # first block
+    ("<action>still</action>", False, (F.INVALID, False)),        # no no-op action here
+    ("<action>jump</action>", False, (F.INVALID, False)),
+    ("<action>Move DOWN now</action>", False, (C.DOWN, True)),    # the word inside the text
+    ("<action>down</action>", True, (C.DOWN, False)),             # think asked, missing
+    ("<think>box is below</think><action>down</action>", True, (C.DOWN, True)),
+])
+def test_parse_action_as_verl_agent(text, think, expected):
+    assert F.parse_action(text, think) == expected
+
+
+@pytest.mark.parametrize("text, start, n, expected", [
+    ("<rollback>3</rollback><experience>push left, not up</experience>", 0, 5,
+     F.ParsedReflection("ok", 2, "push left, not up")),
+    ("<ROLLBACK> step 2 </ROLLBACK><Experience>go around</Experience>", 0, 5,
+     F.ParsedReflection("ok", 1, "go around")),
+    ("<rollback>none</rollback>", 0, 5, F.ParsedReflection("none")),
+    ("<rollback>9</rollback><experience>x</experience>", 0, 5, F.ParsedReflection("out_of_range", 8, "x")),
+    ("<rollback>1</rollback><experience>x</experience>", 2, 5, F.ParsedReflection("out_of_range", 0, "x")),
+    ("<rollback>0</rollback><experience>x</experience>", 0, 5, F.ParsedReflection("out_of_range", -1, "x")),
+    ("rollback to step 3", 0, 5, F.ParsedReflection("malformed")),
+    ("<rollback>three</rollback><experience>x</experience>", 0, 5, F.ParsedReflection("malformed")),
+    ("<rollback>2</rollback>", 0, 5, F.ParsedReflection("malformed")),            # no experience
+    ("<rollback>2</rollback><experience>  </experience>", 0, 5, F.ParsedReflection("malformed")),
+    ("", 0, 5, F.ParsedReflection("malformed")),
+])
+def test_parse_reflection(text, start, n, expected):
+    assert F.parse_reflection(text, start=start, num_steps=n) == expected
+
+
+def test_reflection_answer_round_trips():
+    a = F.reflection_answer(3, "do not push the box into the corner")
+    assert F.parse_reflection(a, start=0, num_steps=5) == F.ParsedReflection(
+        "ok", 3, "do not push the box into the corner")
+    assert F.parse_reflection(F.reflection_answer(None), start=0, num_steps=5).status == "none"
+
+
+GRID = np.array([[0, 0, 0, 0], [0, 5, 4, 0], [0, 1, 2, 0], [0, 0, 0, 0]])     # obs codes
+GRID_TEXT = "####\n#PX#\n#_O#\n####"
+
+
+def test_turn_prompt_by_hand():
+    cfg = F.TextConfig(history_length=1)
+    past = [F.Turn(GRID, C.LEFT, "You walked into a wall: nothing moved.")]
+    got = F.turn_prompt(1, GRID, past, ["Moving left from row 2, column 2 moved nothing."], cfg)
+    want = ("You have taken 1 step(s). Your last 1:\n"
+            f"Step 1, observation:\n{GRID_TEXT}\nAction: left. Feedback: You walked into a wall: "
+            "nothing moved.\n\n"
+            f"Step 2, current observation:\n{GRID_TEXT}\n\n"
+            "Lessons from your earlier attempts at this level:\n"
+            "- Moving left from row 2, column 2 moved nothing.\n\n"
+            "Answer with one admissible action inside <action></action>, for example "
+            "<action>left</action>.")
+    assert got == want
+    # no history, no experience: just the grid and the request
+    assert F.turn_prompt(0, GRID, [], [], cfg) == (
+        f"Step 1, current observation:\n{GRID_TEXT}\n\n" + F.answer_request(False))
+
+
+def _info(**on):
+    keys = ("invalid_action", "bumped", "pushed", "box_on_target", "box_off_target", "deadlock", "solved")
+    return {k: k in on for k in keys}
+
+
+@pytest.mark.parametrize("info, wall, ssp, words", [
+    (_info(invalid_action=True), False, 1, ["no admissible action", "nothing happened"]),
+    (_info(bumped=True), True, 1, ["walked into a wall"]),
+    (_info(bumped=True), False, 1, ["box could not move"]),
+    (_info(pushed=True, box_on_target=True), False, 0, ["pushed a box", "now on a target"]),
+    (_info(pushed=True, deadlock=True), False, 3, ["can never reach a target", "no longer be solved"]),
+    (_info(), False, 5, ["You moved.", "in the last 5 steps"]),
+    (_info(pushed=True, box_on_target=True, solved=True), False, 0, ["solved the level"]),
+])
+def test_feedback_words(info, wall, ssp, words):
+    text = F.feedback_text(info, bumped_wall=wall, steps_since_progress=ssp, no_progress_steps=5)
+    for w in words:
+        assert w in text, (w, text)
+
+
+# ---------------------------------------------------------------------------- the agent
+PRESET = get_preset("verl6x6")
+SYM = {s: i for i, s in enumerate(C.RAGEN_SYMBOLS)}
+OBS_TO_BITS = {C.WALL: C.BIT_WALL, C.FLOOR: 0, C.TARGET: C.BIT_TARGET,
+               C.BOX_ON_TARGET: C.BIT_TARGET | C.BIT_BOX, C.BOX: C.BIT_BOX, C.PLAYER: 0,
+               C.PLAYER_ON_TARGET: C.BIT_TARGET}
+
+
+def grid_of(text: str, marker: str) -> Level:
+    """The grid printed after the last ``marker`` of a prompt, as a level."""
+    rows = text[text.rindex(marker) + len(marker):].split("\n\n")[0].split("\n")
+    codes = np.array([[SYM[ch] for ch in row] for row in rows]).reshape(-1)
+    bits = np.array([OBS_TO_BITS[c] for c in codes], np.uint8)
+    player = int(np.flatnonzero((codes == C.PLAYER) | (codes == C.PLAYER_ON_TARGET))[0])
+    return Level(grid=bits, player=np.int32(player))
+
+
+class ScriptedPolicy:
+    """A stand-in generator that reads the prompt it is given: it plays the exact solver's
+    move from the grid it sees, except (by its key) an invalid answer or a random move -
+    unless the prompt holds a lesson, which it follows by playing the solver's move. Asked
+    to reflect, it answers malformed text on even-length attempts and otherwise names the
+    first step whose feedback reports a wasted or fatal move."""
+
+    def __init__(self, tok, p_invalid=0.15, p_wrong=0.4):
+        self.tokenizer, self.p_invalid, self.p_wrong = tok, p_invalid, p_wrong
+        self.end = tok.token_id("<|im_end|>")
+        self.calls = []
+
+    def answer(self, text: str, u: float, v: float) -> str:
+        if "Look back at this attempt" in text:
+            steps = text.split("Your attempt:\n")[1].split("\nFinal observation")[0].strip().split("\n")
+            if len(steps) % 2 == 0:
+                return "I am not sure what went wrong."
+            bad = [i for i, s in enumerate(steps) if "nothing moved" in s or "never reach" in s
+                   or "nothing happened" in s]
+            return F.reflection_answer(bad[0] if bad else None, "avoid that move")
+        level = grid_of(text, "current observation:\n")
+        best = solve(level, PRESET.height, PRESET.width).actions
+        follow = "Lessons from your earlier attempts" in text
+        if best and (follow or u >= self.p_invalid + self.p_wrong):
+            return f"<action>{F.ACTIONS[best[0]]}</action>"
+        if not follow and u < self.p_invalid:
+            return "I would go left"
+        return f"<action>{F.ACTIONS[int(v * 4) % 4]}</action>"
+
+    def generate(self, prompts, keys, *, max_new_tokens, temperature, prefix_len=0):
+        out = []
+        for p, k in zip(prompts, keys):
+            u, v = np.asarray(jax.random.uniform(k, (2,)))
+            text = self.tokenizer.decode(p)
+            self.calls.append(text)
+            ids = self.tokenizer.encode(self.answer(text, float(u), float(v)))[:max_new_tokens - 1]
+            out.append(np.asarray(ids + [self.end], np.int32))
+        return Generation(out, [np.full(len(o), -0.5, np.float32) for o in out])
+
+
+@pytest.fixture(scope="module")
+def tok(smollm2_path):
+    return Tokenizer.from_gguf(smollm2_path)
+
+
+@pytest.fixture(scope="module")
+def agent(tok):
+    return TextSokoban(PRESET.make_env(), tok, cfg=F.TextConfig(history_length=2))
+
+
+@pytest.fixture(scope="module")
+def levels():
+    return level_pool("train", 8, PRESET.generator, 0).level
+
+
+@pytest.fixture(scope="module")
+def roots(agent, tok, levels):
+    s = agent.session(ScriptedPolicy(tok), levels, max_depth=2, temperature=1.0)
+    task = np.arange(8)
+    out = s.roots(task, jax.random.split(jax.random.key(3), 8))
+    return s, out
+
+
+def test_chat_format_is_the_chat_template(agent, tok):
+    """Shared prefix + a turn's ids decode to exactly the model's chat template around the
+    instruction and the turn text."""
+    turn = "Step 1, current observation:\n####\n#P_#\n####\n\nAnswer."
+    ids = agent.fmt.prefix_ids + agent.fmt.ids(turn)
+    want = tok.render([{"role": "user", "content": F.INSTRUCTION + turn}], add_generation_prompt=True)
+    assert tok.decode(ids) == want
+    assert tok.decode(agent.fmt.end_ids) == "<|im_end|>"
+
+
+def test_roots_replay_exactly(agent, roots, levels):
+    """Each episode's stored states are the env's own transitions under the parsed actions
+    (an invalid answer: a no-op step flagged invalid), and every stored prompt is the one
+    rendered from the record."""
+    s, out = roots
+    ep = out.episodes
+    env, params = agent.env, agent.params
+    assert (ep.num_steps == out.env_steps).all()
+    assert (~ep.valid & ep.active).any() and (ep.valid & ep.active).any()
+    for r in range(8):
+        lv = jax.tree.map(lambda x: x[r], levels)
+        _, st = env.reset_to_level(lv, params)
+        for t in range(int(ep.num_steps[r])):
+            assert int(ep.states.player[r, t]) == int(st.player)
+            np.testing.assert_array_equal(ep.states.grid[r, t], np.asarray(st.grid))
+            a = int(ep.actions[r, t])
+            assert (a == F.INVALID) == (not ep.valid[r, t]) == bool(ep.info["invalid_action"][r, t])
+            _, st, _, done, _ = env.step_env(jax.random.key(0), st, a, params)
+            stored = ep.prompt[r, t, : ep.prompt_len[r, t]].tolist()
+            assert stored == agent.fmt.ids(agent.turn_text(ep, r, t))
+        assert bool(ep.solved[r]) == bool(done)
+        # the response's text parses to the stored action
+        for t in range(int(ep.num_steps[r])):
+            text = agent.tokenizer.decode(ep.response[r, t, : ep.response_len[r, t]], skip_special=True)
+            assert F.parse_action(text)[0] == ep.actions[r, t]
+    assert out.tokens.sum() == ep.response_len.sum()
+
+
+def test_invalid_answers_get_feedback(agent, roots):
+    s, out = roots
+    ep = out.episodes
+    r, t = map(int, np.argwhere(ep.active & ~ep.valid)[0])
+    assert "no admissible action" in agent.feedback(ep, r, t)
+    np.testing.assert_array_equal(ep.states.grid[r, t + 1], ep.states.grid[r, t])
+    assert ep.states.player[r, t + 1] == ep.states.player[r, t]
+
+
+def test_branch_restores_the_parent_prompts(agent, roots):
+    """A branch restored at tau re-renders its parent's prompt tokens before tau exactly,
+    shows the experience from tau on (right before the answer request), and its prompt at
+    tau without the experience is the parent's prompt at tau (the e2p context)."""
+    s, out = roots
+    ep = out.episodes
+    refl = s.reflector("feedback", num_candidates=1, every=0)(ep)
+    rows = np.flatnonzero(refl.tau[:, 0] >= 0)
+    assert len(rows)
+    parents = jax.tree.map(lambda x: x[rows], ep)
+    tau = refl.tau[rows, 0]
+    br = s.branches(parents, tau, refl.experience[rows, 0], refl.forbidden[rows, 0],
+                    jax.random.split(jax.random.key(9), len(rows)), use_experience=True, use_mask=False)
+    be = br.episodes
+    lesson = "Lessons from your earlier attempts at this level:\n- "
+    for i, r in enumerate(rows):
+        t0 = int(tau[i])
+        for t in range(t0):
+            np.testing.assert_array_equal(be.prompt[i, t], ep.prompt[r, t])
+            assert agent.fmt.ids(agent.turn_text(be, i, t)) == ep.prompt[r, t, : ep.prompt_len[r, t]].tolist()
+        exp_text = agent.describe_experience(refl.experience[r, 0])
+        at_tau = agent.turn_text(be, i, t0)
+        assert lesson + exp_text + "\n\n" + F.answer_request(False) in at_tau
+        assert agent.turn_text(be, i, t0, with_experience=False) == agent.turn_text(ep, r, t0)
+        for t in range(t0, int(be.num_steps[i])):            # kept for the whole branch
+            assert exp_text in agent.turn_text(be, i, t)
+        assert be.start[i] == t0 and br.env_steps[i] == be.num_steps[i] - t0
+    # the scripted policy follows a lesson with the solver's move: some branches succeed
+    assert be.solved.any()
+    with pytest.raises(ValueError, match="no forbidden-action mask"):
+        s.branches(parents, tau, refl.experience[rows, 0], refl.forbidden[rows, 0],
+                   jax.random.split(jax.random.key(9), len(rows)), use_experience=True, use_mask=True)
+
+
+def test_feedback_reflector_names_the_deadlock(agent, roots):
+    """A deadlocking push (feedback: can never reach a target) is what the feedback
+    reflector takes back first; its experience names that move and cell in words."""
+    s, out = roots
+    ep = out.episodes
+    refl = s.reflector("feedback", num_candidates=2, every=0)(ep)
+    for r in range(8):
+        dead = np.flatnonzero(ep.info["deadlock"][r] & ep.active[r])
+        if ep.solved[r] or not len(dead):
+            continue
+        t = int(dead[0])
+        assert refl.tau[r, 0] == t
+        p = int(ep.states.player[r, t])
+        want = F.experience_text("deadlock", int(ep.actions[r, t]), p // 6, p % 6)
+        assert agent.describe_experience(refl.experience[r, 0]) == want
+    assert (refl.tau[ep.solved] == -1).all()
+
+
+def test_self_reflector_counts_malformed_answers(agent, tok, roots):
+    s, out = roots
+    ep = out.episodes
+    reflect = s.reflector("self", num_candidates=1, every=0)
+    refl = reflect(ep)
+    failed = ~ep.solved
+    even = failed & (ep.num_steps % 2 == 0)
+    st = reflect.stats
+    assert st["episodes"] == failed.sum() and st["malformed"] == even.sum()
+    assert st["ok"] + st["none"] + st["out_of_range"] == (failed & ~even).sum()
+    assert (refl.tau[even | ep.solved] == -1).all()          # never replaced
+    for r in np.flatnonzero(refl.tau[:, 0] >= 0):
+        assert agent.describe_experience(refl.experience[r, 0]) == "avoid that move"
+        assert ep.num_steps[r] % 2 == 1
+    assert st["generated_tokens"] > 0 and st["prompt_tokens"] > 0
+
+
+def test_sft_examples_mask_exactly_the_responses(agent, tok, roots):
+    """Each turn's example is (prompt without experience -> response + end of turn); the
+    loss mask covers exactly the response tokens and the end-of-turn token."""
+    s, out = roots
+    ep = out.episodes
+    r = int(np.argmax(ep.num_steps + 100 * (ep.active & ~ep.valid).any(1)))
+    one = jax.tree.map(lambda x: x[r], ep)
+    n = int(one.num_steps)
+    exs = agent.sft_examples(one, 0, n - 1)
+    kept = np.flatnonzero(one.valid[:n])
+    assert len(exs) == len(kept) < n                 # invalid answers are left out
+    for t, (toks, mask) in zip(kept, exs):
+        resp = tok.decode(one.response[t, : one.response_len[t]])
+        assert tok.decode(toks[mask]) == resp + "<|im_end|>"
+        assert tok.decode(toks[~mask]) == tok.render(
+            [{"role": "user", "content": F.INSTRUCTION + agent.turn_text(ep, r, t, with_experience=False)}],
+            add_generation_prompt=True)
+        assert mask[-1] and not mask[: len(toks) - int(mask.sum())].any()
+
+
+def test_interrupt_cuts_after_the_deadlock(agent, roots):
+    s, out = roots
+    ep = out.episodes
+    cut = s.interrupt(out, 2)
+    for r in range(8):
+        dead = np.flatnonzero(ep.info["deadlock"][r] & ep.active[r])
+        if len(dead) and (dead[0] // 2 + 1) * 2 < ep.num_steps[r]:
+            at = (dead[0] // 2 + 1) * 2
+            assert cut.episodes.num_steps[r] == at and not cut.episodes.solved[r]
+            assert cut.env_steps[r] == at
+            assert cut.tokens[r] == ep.response_len[r, :at].sum()
+        else:
+            assert cut.episodes.num_steps[r] == ep.num_steps[r]
+    same = truncate(ep, ep.num_steps)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(ep)):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_explore_with_the_text_agent(agent, tok, levels):
+    """The Stage-1 search runs unchanged on the text agent: a tree with successful
+    branches whose e2p examples hold no experience text."""
+    from leafe_jax.leafe.distill import DistillConfig, stage2_examples
+    cfg = ExploreConfig(budget=4, max_depth=2, children=1)
+    stats = {}
+    tree = explore(agent, ScriptedPolicy(tok), levels, jax.random.key(1), cfg, "rollback",
+                   progress=False, stats=stats)
+    assert (tree.is_branch & tree.solved).any()
+    assert (tree.valid.sum(1) <= 4).all()
+    recs, st = stage2_examples(agent, tree, DistillConfig())
+    assert st["e2p"] > 0 and st["rehearsal"] > 0
+    for toks, m, src in zip(recs.tokens, recs.loss_mask, recs.source):
+        text = tok.decode(toks)
+        assert "Lessons from your earlier attempts" not in text
+        assert F.parse_action(tok.decode(np.asarray(toks)[np.asarray(m)]))[1]
+    json.dumps(st)
