@@ -8,6 +8,7 @@ Stage-1 -> dataset -> Pass@k stages of the pipeline."""
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -362,3 +363,109 @@ def test_explore_with_the_text_agent(agent, tok, levels):
         assert "Lessons from your earlier attempts" not in text
         assert F.parse_action(tok.decode(np.asarray(toks)[np.asarray(m)]))[1]
     json.dumps(st)
+
+
+def test_pipeline_stages_run_the_scripted_text_agent(agent, tok, levels, tmp_path):
+    """The pipeline's Stage-1, dataset and evaluation runners take the text agent as they
+    take the symbolic one (the stats, the chat dataset on disk, a resumable Pass@k)."""
+    from leafe_jax.pipeline import config as PC
+    from leafe_jax.pipeline import runners
+    cfg = PC.from_dict({"experiment": {"agent": "text", "preset": "verl6x6"},
+                        "stage1": {"train_levels": 8, "strategies": ["rollback", "rollback_self"],
+                                   "explore": {"budget": 4, "max_depth": 2, "children": 1}},
+                        "eval": {"levels": 4, "n": 4}})
+    pol = ScriptedPolicy(tok)
+    for s in ("rollback", "rollback_self"):
+        runners.stage1(agent, pol, levels, cfg, s, str(tmp_path / s), progress=False)
+    st = json.load(open(tmp_path / "rollback" / "stats.json"))
+    assert st["successful_branches"] > 0 and st["compliance"]["branches"] > 0
+    assert "p_repeat_with_experience" not in st["compliance"]        # a script cannot be scored
+    assert 0 <= st["branch_starts"]["start_unsolvable"] <= 1
+    assert json.load(open(tmp_path / "rollback_self" / "stats.json"))["reflector"]["asked"] > 0
+    runners.dataset(agent, str(tmp_path / "rollback"), "leafe", cfg, str(tmp_path / "data"))
+    ds = json.load(open(tmp_path / "data" / "stats.json"))
+    assert ds["examples"] == ds["e2p"] + ds["rehearsal"] > 0
+    four = jax.tree.map(lambda x: x[:4], levels)
+    runners.evaluate(agent, pol, four, cfg, jax.random.key(0), str(tmp_path / "eval"), progress=False)
+    succ = np.load(tmp_path / "eval" / "success.npy")
+    assert succ.shape == (4, 4) and succ.any()
+    part = str(tmp_path / "partial.npz")
+    again = agent.success(pol, four, 4, jax.random.key(0), temperature=1.0, progress=False,
+                          batch_size=8, checkpoint=part)
+    resumed = agent.success(pol, four, 4, jax.random.key(0), temperature=1.0, progress=False,
+                            batch_size=8, checkpoint=part)
+    np.testing.assert_array_equal(again, resumed)
+
+
+# ---------------------------------------------------------------------------- SmolLM2
+@pytest.fixture(scope="module")
+def smol(smollm2_path):
+    from leafe_jax.interfaces.text.policy import LMPolicy
+    from leafe_jax.policy.pretrained import load_pretrained
+    model, tok = load_pretrained(smollm2_path)
+    return LMPolicy(model, tok, name="smollm2")
+
+
+@pytest.mark.slow
+def test_lm_policy_prefix_cache_and_row_keys(smol, agent, levels):
+    """The shared-prefix KV cache changes nothing (greedy: the same tokens as a full
+    prefill), and a row's sample depends on its own key, not on the rows beside it."""
+    pre = agent.fmt.prefix_ids
+    s = agent.session(smol, levels, max_depth=1, temperature=1.0)
+    ep = s._empty(np.arange(3))
+    prompts = [pre + agent.fmt.ids(agent.turn_text(ep, r, 0)) for r in range(3)]
+    keys = jax.random.split(jax.random.key(0), 3)
+    a = smol.generate(prompts, keys, max_new_tokens=12, temperature=0.0, prefix_len=len(pre))
+    b = smol.generate(prompts, keys, max_new_tokens=12, temperature=0.0, prefix_len=0)
+    for x, y in zip(a.tokens, b.tokens):
+        np.testing.assert_array_equal(x, y)
+    np.testing.assert_allclose(np.concatenate(a.logprobs), np.concatenate(b.logprobs), atol=2e-3)
+    full = smol.generate(prompts, keys, max_new_tokens=12, temperature=1.0, prefix_len=len(pre))
+    alone = smol.generate(prompts[1:2], keys[1:2], max_new_tokens=12, temperature=1.0,
+                          prefix_len=len(pre))
+    np.testing.assert_array_equal(full.tokens[1], alone.tokens[0])
+
+
+@pytest.mark.slow
+def test_smollm2_plays_text_sokoban(smol, agent, levels):
+    """The real model through the whole loop on two levels (4 turns each): whatever it
+    answers is parsed, stepped and recorded; its reflections are parsed or counted."""
+    small = TextSokoban(agent.env, agent.tokenizer, agent.params.replace(max_steps_in_episode=4),
+                        cfg=F.TextConfig(history_length=1, max_new_tokens=16, reflection_new_tokens=24))
+    lv = jax.tree.map(lambda x: x[:2], levels)
+    s = small.session(smol, lv, max_depth=1, temperature=1.0)
+    out = s.roots(np.arange(2), jax.random.split(jax.random.key(0), 2))
+    ep = out.episodes
+    assert (ep.num_steps == 4).all() | ep.solved.any()
+    assert s.stats["turns"] == ep.num_steps.sum() and out.tokens.sum() > 0
+    for r in range(2):
+        for t in range(int(ep.num_steps[r])):
+            text = small.tokenizer.decode(ep.response[r, t, : ep.response_len[r, t]], skip_special=True)
+            assert F.parse_action(text) == (ep.actions[r, t], ep.valid[r, t])
+    reflect = s.reflector("self", num_candidates=1, every=0)
+    reflect(ep)
+    st = reflect.stats
+    assert st["asked"] == (~ep.solved).sum()
+    assert st["ok"] + st["none"] + st["malformed"] + st["out_of_range"] == st["asked"]
+
+
+@pytest.mark.slow
+def test_action_distribution_is_the_normalised_answer_likelihood(smol, agent, levels):
+    """The compliance distribution = softmax over the four canonical answers of their summed
+    token log-probs, recomputed here with GRPO's ``policy_logprobs`` (temperature 1)."""
+    from leafe_jax.baselines.grpo import policy_logprobs
+    s = agent.session(ScriptedPolicy(agent.tokenizer), levels, max_depth=1, temperature=1.0)
+    out = s.roots(np.arange(2), jax.random.split(jax.random.key(5), 2))
+    ep = out.episodes
+    t = np.array([0, 1])
+    got = agent.action_distribution(smol, ep, t, 1.0)
+    fmt = agent.fmt
+    for r in range(2):
+        prompt = fmt.prefix_ids + ep.prompt[r, t[r], : ep.prompt_len[r, t[r]]].tolist()
+        sc = []
+        for w in F.ACTIONS:
+            ans = agent.tokenizer.encode(f"<action>{w}</action>") + fmt.end_ids
+            lp = np.asarray(policy_logprobs(smol.model, jnp.asarray([prompt + ans], jnp.int32)))[0]
+            sc.append(lp[len(prompt):].sum())
+        want = np.exp(np.array(sc) - max(sc))
+        np.testing.assert_allclose(got[r], want / want.sum(), rtol=2e-3, atol=1e-5)

@@ -54,11 +54,20 @@ def compliance(interface, policy, tree: Tree, temperature: float = 1.0) -> dict:
     out = {"branches": int(len(b)), "repeat_rate": float((a_new == a_old).mean()),
            "repeat_rate_successful": float((a_new == a_old)[tree.solved[b, n]].mean())
            if tree.solved[b, n].any() else None}
-    if hasattr(interface, "action_distribution"):
-        rows = np.arange(len(b))
-        with_exp = interface.action_distribution(policy, branch, tau, temperature)[rows, a_old]
-        without = interface.action_distribution(policy, parent, tau, temperature)[rows, a_old]
-        out |= {"p_repeat_with_experience": float(with_exp.mean()),
+    with_p = None
+    if hasattr(interface, "action_distribution"):     # (None: this policy cannot be scored)
+        with_p = interface.action_distribution(policy, branch, tau, temperature)
+    # a parent whose a_tau was no action at all (a text agent's invalid answer) has no
+    # probability of repeating it: those branches are left out of the exact numbers
+    scored = a_old < (0 if with_p is None else with_p.shape[1])
+    if scored.any():
+        rows = np.flatnonzero(scored)
+        sub = lambda e: jax.tree.map(lambda x: x[rows], e)
+        with_exp = with_p[rows, a_old[rows]]
+        without = interface.action_distribution(policy, sub(parent), tau[rows], temperature)[
+            np.arange(len(rows)), a_old[rows]]
+        out |= {"scored_branches": int(len(rows)),
+                "p_repeat_with_experience": float(with_exp.mean()),
                 "p_repeat_without_experience": float(without.mean()),
                 "compliance": float(without.mean() - with_exp.mean())}
     return out

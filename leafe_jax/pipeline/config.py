@@ -28,6 +28,8 @@ from leafe_jax.envs.sokoban.presets import PRESETS as ENV_PRESETS
 from leafe_jax.eval.sweep import EvalConfig
 from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig
 from leafe_jax.interfaces.symbolic.rollout import windowed
+from leafe_jax.interfaces.text.format import TextConfig
+from leafe_jax.interfaces.text.pretrain import TextPretrainConfig
 from leafe_jax.leafe.distill import DistillConfig
 from leafe_jax.leafe.explore import STRATEGIES, ExploreConfig
 from leafe_jax.policy.config import PRESETS as MODEL_PRESETS
@@ -55,8 +57,14 @@ VARIANTS = {"leafe": Variant(rehearsal=True, e2p=True), "rehearsal": Variant(reh
 BASELINES = ("grpo", "grpo_converged", "early_experience")
 
 
+AGENTS = ("symbolic", "text")
+
+
 @config
 class ExperimentConfig:
+    agent: str = field("symbolic", choices=AGENTS,
+                       doc="symbolic: the from-scratch on-device policy; text: a pretrained "
+                           "language model acting through text ([text])")
     preset: str = field("6x6_2box", doc="Sokoban preset")
     model: str = field("sokoban-small", doc="policy preset")
     seed: int = field(0, lo=0)
@@ -109,6 +117,20 @@ class BaselinesConfig:
     early_experience: EarlyExperienceConfig = EarlyExperienceConfig()
 
 
+TEXT_STRATEGIES = ("rollback", "independent", "refine", "rollback_oracle", "rollback_self")
+
+
+@config
+class TextSection:
+    """The text agent (``experiment.agent = "text"``): the model, how it sees the game, its
+    warm-up."""
+    model: str = field("smollm2-135m-instruct", doc="pretrained model: an embedded name, a .gguf "
+                                                    "file, a Hugging Face directory or a gs:// URI")
+    format: TextConfig = TextConfig()
+    base: TextPretrainConfig = TextPretrainConfig()
+    zero_shot: bool = field(True, doc="also evaluate the pretrained model as it is")
+
+
 @config
 class PipelineConfig:
     experiment: ExperimentConfig = ExperimentConfig()
@@ -117,8 +139,20 @@ class PipelineConfig:
     stage2: Stage2Config = Stage2Config()
     baselines: BaselinesConfig = BaselinesConfig()
     eval: EvalConfig = EvalConfig()
+    text: TextSection = TextSection()
 
     def __post_init__(self):
+        if self.experiment.agent == "text":
+            odd = [s for s in self.stage1.strategies if s not in TEXT_STRATEGIES]
+            if odd:
+                raise ConfigError("stage1.strategies", f"{odd} are symbolic-only (the text agent has "
+                                                       f"{list(TEXT_STRATEGIES)})")
+            if self.baselines.methods:
+                raise ConfigError("baselines.methods", "GRPO and Early Experience do not run on the "
+                                                       "text agent yet")
+            if self.experiment.history_length:
+                raise ConfigError("experiment.history_length", "the text agent's window is "
+                                                               "text.format.history_length")
         tree_variants = [v for v in self.stage2.variants if VARIANTS[v].from_tree]
         budgeted = (self.baselines.methods and self.baselines.match_budget) or \
             "grpo_converged" in self.baselines.methods

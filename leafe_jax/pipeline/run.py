@@ -51,10 +51,11 @@ def check_context(cfg: PipelineConfig) -> int:
 
 
 def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) -> dict:
-    check_context(cfg)
+    if cfg.experiment.agent == "symbolic":
+        check_context(cfg)
     os.makedirs(workdir, exist_ok=True)
     with WorkdirLock(workdir):
-        return _run(cfg, workdir, progress)
+        return (_run_text if cfg.experiment.agent == "text" else _run)(cfg, workdir, progress)
 
 
 def _run(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
@@ -127,6 +128,70 @@ def _run(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
     if cfg.eval.transfer_levels:
         _transfer(st, agent, cfg, models, preset, at, progress)
     write_json(at("config.json"), cfg.to_dict())     # the latest run's config; stages keep their own
+    report = write_report(workdir, cfg, trees, st.timings)
+    _log(f"report: {at('report.md')}")
+    return report
+
+
+def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
+    """The same stages for the text agent (``experiment.agent = "text"``): the pretrained
+    model warmed up by BC in its chat format (``text.base``), Stage 1 through the text
+    interface, the Stage-2 datasets as chat examples, Stage 2 by the same SFT loop, Pass@k
+    of the zero-shot model, the base and every variant."""
+    from leafe_jax.interfaces.text.agent import TextSokoban
+    from leafe_jax.interfaces.text.pretrain import load_text_policy
+
+    st = Stages(workdir, cfg, _log)
+    ex, tx = cfg.experiment, cfg.text
+    preset = get_preset(ex.preset)
+    env = preset.make_env()
+    at = lambda *p: os.path.join(workdir, *p)
+    zero = load_text_policy(tx.model)
+    agent = TextSokoban(env, zero.tokenizer, env.default_params, tx.format)
+    demo, train = training_pools(preset.generator, ex.seed, demo_levels=max(1, tx.base.demo_levels),
+                                 train_levels=cfg.stage1.train_levels)
+    st.run("base", lambda: runners.text_base(agent, tx, demo.level, ex.seed, at("base"), progress),
+           timing="base", what=f"base policy: {tx.model}, BC warm-up on {tx.base.demo_levels} levels")
+    base_policy = runners.text_policy(at("base"), tx.model)
+
+    trees = {}
+    for s in cfg.stage1.strategies:
+        st.run(f"stage1/{s}", lambda: runners.stage1(agent, base_policy, train.level, cfg, s,
+                                                     at("stage1", s), progress),
+               timing=f"stage1_{s}", what=f"stage 1: {s}")
+        trees[s] = at("stage1", s)
+
+    models = ({"zero-shot": tx.model} if tx.zero_shot else {}) | {"base": at("base")}
+    for v in cfg.stage2.variants:
+        spec = VARIANTS[v]
+        data_dir = at("data", v) if spec.from_tree else at("base", "data")
+        if spec.from_tree:
+            st.run(f"data/{v}", lambda: runners.dataset(agent, trees[spec.tree], v, cfg, data_dir),
+                   timing=f"data_{v}", what=f"dataset: {v}")
+            if read_json(os.path.join(data_dir, "stats.json"))["examples"] == 0:
+                warnings.warn(f"Stage-2 variant {v!r} has no examples: skipped")
+                continue
+        st.run(f"sft/{v}", lambda: runners.text_sft(at("base"), tx.model, data_dir, cfg, at("sft", v),
+                                                    progress, spec.from_tree),
+               timing=f"sft_{v}", what=f"stage 2: {v}")
+        models[spec.model_name or v] = at("sft", v)
+
+    held = None
+    for name, d in models.items():
+        stage = f"eval/{name}"
+        if not st.done(stage):
+            if held is None:
+                held = held_out_pool(cfg.eval.levels, preset.generator, ex.seed,
+                                     demo_levels=max(1, tx.base.demo_levels),
+                                     train_levels=cfg.stage1.train_levels, pools=(demo, train))
+            policy = zero if name == "zero-shot" else runners.text_policy(d, tx.model)
+            st.run(stage, lambda: runners.evaluate(agent, policy, held.level, cfg, eval_key(ex.seed),
+                                                   at("eval", name), progress),
+                   timing=f"eval_{name}", what=f"eval: {name}")
+    results = {name: np.load(at("eval", name, "success.npy")) for name in models}
+    write_sweep(results, at("eval"), title=f"text {ex.preset}, {tx.model}, {cfg.eval.levels} "
+                f"held-out levels, seed {ex.seed}")
+    write_json(at("config.json"), cfg.to_dict())
     report = write_report(workdir, cfg, trees, st.timings)
     _log(f"report: {at('report.md')}")
     return report

@@ -33,7 +33,7 @@ from leafe_jax.train.optim import create_optimizer
 from leafe_jax.train.sft import SFTConfig, data_max_len, finetune
 
 # Key offsets per stage: each stage's randomness is its own stream of the experiment seed.
-STAGE1_KEY, GRPO_KEY, VAL_KEY = 1000, 3000, 5000
+STAGE1_KEY, GRPO_KEY, VAL_KEY, TEXT_KEY = 1000, 3000, 5000, 7000
 
 
 def base(preset, model_cfg, cfg: PipelineConfig, out: str, progress: bool) -> None:
@@ -208,6 +208,40 @@ def early_experience(base_dir, demo, env, params, cfg: PipelineConfig, out, targ
         "wm_steps": wm_steps, "imitation_steps": im_steps,
         "wm_examples_seen": min(len(rec), wm_steps * s.batch_size),
         "target_env_steps": target["env_steps"], "policy_dir": final_dir})
+
+
+def text_base(agent, tx, demo_levels, seed: int, out: str, progress: bool) -> None:
+    """The text base policy: the pretrained model, BC-warmed on the demo pool unless
+    ``text.base.demo_levels`` is 0 (then ``base/`` only names the model)."""
+    from leafe_jax.interfaces.text.pretrain import load_text_policy, warm_up
+    os.makedirs(out, exist_ok=True)
+    if tx.base.demo_levels == 0:
+        write_json(os.path.join(out, "model.json"), {"model": tx.model, "warm_up": False})
+        return
+    policy = load_text_policy(tx.model)
+    warm_up(agent, policy, demo_levels, tx.base, out, seed=seed, key=jax.random.key(seed + TEXT_KEY),
+            progress=progress)
+
+
+def text_policy(stage_dir: str, model: str):
+    """The text policy a stage left (``checkpoints/`` + ``tokenizer/``), or the pretrained
+    ``model`` where the stage trained nothing (a zero-shot base)."""
+    from leafe_jax.interfaces.text.pretrain import load_text_policy
+    d = policy_dir(stage_dir)
+    return load_text_policy(d if os.path.isdir(os.path.join(d, "checkpoints")) else model)
+
+
+def text_sft(base_dir: str, model: str, data_dir: str, cfg: PipelineConfig, out: str,
+             progress: bool, from_tree: bool = True) -> None:
+    """A Stage-2 variant of the text policy: the base fine-tuned on chat examples (loss on the
+    response tokens), saved with its tokenizer."""
+    from leafe_jax.interfaces.text.pretrain import save_tokenizer
+    policy = text_policy(base_dir, model)
+    save_tokenizer(policy.tokenizer, out)
+    finetune(policy.model, data_dir, cfg.stage2.sft, out, seed=cfg.experiment.seed, progress=progress,
+             source_coefs=cfg.stage2.distill.source_coefs() if from_tree else None,
+             meta={"model": policy.model.cfg.to_dict(), "source": policy.name, "tokenizer": "tokenizer",
+                   "agent": "text", "base": base_dir, "data": data_dir})
 
 
 def policy_dir(stage_dir: str) -> str:

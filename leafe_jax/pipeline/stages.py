@@ -50,12 +50,19 @@ def read_json(path: str):
 def inputs(cfg: PipelineConfig, stage: str) -> dict:
     """What a stage's output depends on: sub-configs of ``cfg`` and its upstream stages."""
     d = to_dict(cfg)
-    base = {"experiment": d["experiment"], "base": d["base"], "generator_version": GENERATOR_VERSION}
+    if cfg.experiment.agent == "text":
+        base = {"experiment": d["experiment"], "text": d["text"], "generator_version": GENERATOR_VERSION}
+    else:       # (the symbolic agent's stage inputs predate the agent key and the text section)
+        base = {"experiment": {k: v for k, v in d["experiment"].items() if k != "agent"},
+                "base": d["base"], "generator_version": GENERATOR_VERSION}
     tree = lambda strategy: {"base": base, "strategy": strategy,
                              "train_levels": cfg.stage1.train_levels, "explore": d["stage1"]["explore"]}
     kind, _, name = stage.partition("/")
     if kind == "base":
         return base
+    if kind == "zero_shot":              # the text agent's pretrained model as it is
+        return {"experiment": base["experiment"], "model": d["text"]["model"],
+                "format": d["text"]["format"], "generator_version": GENERATOR_VERSION}
     if kind == "stage1":
         return tree(name)
     if kind == "data":
@@ -97,6 +104,8 @@ def model_stage(model: str) -> str:
     """The stage that trained the evaluated model ``model`` (its report name)."""
     if model == "base":
         return "base"
+    if model == "zero-shot":
+        return "zero_shot"
     for v, spec in VARIANTS.items():
         if model == (spec.model_name or v):
             return f"sft/{v}"

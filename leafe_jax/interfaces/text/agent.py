@@ -27,7 +27,7 @@ without the experience -> the response produced with it); the loss covers the re
 tokens and the end-of-turn token.
 
 Reflectors: ``feedback`` (the environment's feedback reflector, ``reflect.feedback_reflect``,
-its experience rendered in words) and ``self`` (the policy answers ``format.
+its experience rendered in words), ``oracle`` (the exact solver's, an upper bound) and ``self`` (the policy answers ``format.
 reflection_prompt``; malformed / out-of-range / "none" answers are counted in ``stats``,
 never replaced). ``Rollouts.tokens`` counts generated tokens (the policy's sampling cost;
 prompt tokens are in ``prompt_len``).
@@ -43,20 +43,24 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from tqdm.auto import tqdm
 
+from leafe_jax.data.loader import round_up
 from leafe_jax.envs.sokoban import constants as C
 from leafe_jax.envs.sokoban.env import EnvState, Sokoban
 from leafe_jax.envs.sokoban.level import Level, level_to_ascii
 from leafe_jax.interfaces.protocol import FEEDBACK_REFLECTOR, Reflection, Rollouts
 from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.interfaces.symbolic.episode import Episode
-from leafe_jax.interfaces.symbolic.reflect import feedback_reflect, periodic_stop
+from leafe_jax.interfaces.symbolic.reflect import OracleReflector, feedback_reflect, periodic_stop
 from leafe_jax.interfaces.symbolic.rollout import INFO_KEYS
 from leafe_jax.interfaces.text import format as F
+from leafe_jax.interfaces.text.policy import Generation
 from leafe_jax.policy.text import turn_end_tokens
 
 SELF_REFLECTOR = "self"
+ORACLE_REFLECTOR = "oracle"
 STEP_INFO = INFO_KEYS + ("solved",)
 REASON_OF_TOKEN = {E.R_DEADLOCK: "deadlock", E.R_BUMP: "bump", E.R_NO_PROGRESS: "no_progress",
                    E.R_LOOP: "loop"}
@@ -154,7 +158,7 @@ class TextSession:
         self.agent, self.policy, self.temperature = agent, policy, temperature
         self.env, self.params, self.cfg = agent.env, agent.params, agent.cfg
         self.fmt = agent.fmt
-        if policy.tokenizer.vocab_size != agent.tokenizer.vocab_size:
+        if policy is not None and policy.tokenizer.vocab_size != agent.tokenizer.vocab_size:
             raise ValueError(f"the policy's tokenizer ({policy.tokenizer.vocab_size} tokens) is not "
                              f"the interface's ({agent.tokenizer.vocab_size})")
         self.D1 = max_depth + 1
@@ -229,7 +233,20 @@ class TextSession:
     def feedback(self, ep: TextEpisode, r: int, j: int) -> str:
         return self.agent.feedback(ep, r, j)
 
-    def _run(self, ep: TextEpisode, keys) -> Rollouts:
+    def play(self, task, actions) -> Rollouts:
+        """Teacher forcing: row r answers ``<action>actions[r][t]</action>`` at its turn t
+        (demonstrations rendered exactly as the policy's own turns); a row whose actions
+        run out before it ends answers invalid."""
+        task = np.asarray(task)
+        words = lambda a: F.ANSWER.format(action=F.ACTIONS[a]) if a < C.NUM_ACTIONS else "(none)"
+
+        def respond(rows, t):
+            ids = [self.fmt.tok.encode(words(actions[r][tt] if tt < len(actions[r]) else C.NUM_ACTIONS))
+                   + self.fmt.end_ids for r, tt in zip(rows, t)]
+            return [np.asarray(i, np.int32) for i in ids], [np.zeros(len(i), np.float32) for i in ids]
+        return self._run(self._empty(task), jax.random.split(jax.random.key(0), len(task)), respond)
+
+    def _run(self, ep: TextEpisode, keys, respond=None) -> Rollouts:
         T, cfg = self.T, self.cfg
         keys = jnp.asarray(keys)
         start = ep.num_steps.copy()
@@ -244,15 +261,18 @@ class TextSession:
             if too_long:
                 raise ValueError(f"a prompt of {max(too_long)} tokens exceeds text.prompt_tokens = "
                                  f"{cfg.prompt_tokens}; raise it or shorten history_length")
-            turn_keys = jax.vmap(jax.random.fold_in)(keys[rows], jnp.asarray(t))
-            gen = self.policy.generate([pre + o for o in own], turn_keys,
-                                       max_new_tokens=cfg.max_new_tokens,
-                                       temperature=self.temperature, prefix_len=len(pre))
+            if respond is None:
+                turn_keys = jax.vmap(jax.random.fold_in)(keys[rows], jnp.asarray(t))
+                gen = self.policy.generate([pre + o for o in own], turn_keys,
+                                           max_new_tokens=cfg.max_new_tokens,
+                                           temperature=self.temperature, prefix_len=len(pre))
+            else:
+                gen = Generation(*respond(rows, t))
             acts = np.zeros(len(rows), np.int32)
             for i, (r, tt) in enumerate(zip(rows, t)):
-                toks = np.asarray(gen.tokens[i], np.int32)
-                n = cut_response(self.policy.tokenizer, toks)
-                text = self.policy.tokenizer.decode(toks[:n], skip_special=True)
+                toks = np.asarray(gen.tokens[i], np.int32)[: cfg.max_new_tokens]
+                n = cut_response(self.fmt.tok, toks)
+                text = self.fmt.tok.decode(toks[:n], skip_special=True)
                 a, ok = F.parse_action(text, cfg.think)
                 acts[i] = a
                 ep.valid[r, tt] = ok
@@ -309,8 +329,18 @@ class TextSession:
             return functools.partial(self._feedback_reflect, M=num_candidates, every=every)
         if name == SELF_REFLECTOR:
             return SelfReflector(self, num_candidates)
+        if name == ORACLE_REFLECTOR:
+            oracle = OracleReflector(self.env.height, self.env.width, num_candidates=num_candidates)
+
+            def reflect(ep):
+                ep = jax.tree.map(np.asarray, ep)
+                refl = jax.device_get(oracle(self.symbolic_view(ep)))
+                return self._experiences(ep, refl.tau, refl.reason,
+                                         lambda r, m, a, row, col: F.experience_text(
+                                             REASON_OF_TOKEN[int(refl.reason[r, m])], a, row, col))
+            return reflect
         raise ValueError(f"unknown reflector {name!r}; the text interface has "
-                         f"{[FEEDBACK_REFLECTOR, SELF_REFLECTOR]}")
+                         f"{[FEEDBACK_REFLECTOR, SELF_REFLECTOR, ORACLE_REFLECTOR]}")
 
     def _feedback_reflect(self, ep: TextEpisode, *, M: int, every: int) -> Reflection:
         ep = jax.tree.map(np.asarray, ep)
@@ -333,6 +363,15 @@ class TextSession:
             if a < C.NUM_ACTIONS:
                 forb[r, m, a] = True
         return Reflection(np.asarray(tau, np.int32), exp, forb, np.asarray(reason, np.int32))
+
+
+@functools.partial(nnx.jit, static_argnames=("temperature",))
+def _answer_logprobs(model, tokens_BxL, temperature: float):
+    """log p(token t | tokens < t) at ``temperature``, aligned to t (column 0 = 0)."""
+    logits, _ = model(tokens_BxL[:, :-1])
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, -1)
+    tgt = jnp.take_along_axis(lp, tokens_BxL[:, 1:, None], -1)[..., 0]
+    return jnp.concatenate([jnp.zeros((tokens_BxL.shape[0], 1), jnp.float32), tgt], 1)
 
 
 def truncate(ep: TextEpisode, at) -> TextEpisode:
@@ -366,8 +405,8 @@ class SelfReflector:
     def __init__(self, session: TextSession, num_candidates: int, seed: int = 0):
         self.s, self.M = session, num_candidates
         self.key = jax.random.key(seed)
-        self.stats = {"episodes": 0, "answers": 0, "ok": 0, "none": 0, "malformed": 0,
-                      "out_of_range": 0, "prompt_tokens": 0, "generated_tokens": 0}
+        self.stats = {"episodes": 0, "asked": 0, "ok": 0, "none": 0, "malformed": 0,
+                      "out_of_range": 0, "duplicate": 0, "prompt_tokens": 0, "generated_tokens": 0}
         self.calls = 0
 
     def prompt(self, ep: TextEpisode, r: int) -> str:
@@ -398,13 +437,15 @@ class SelfReflector:
                                     temperature=s.temperature, prefix_len=len(pre))
             self.stats["prompt_tokens"] += sum(len(o) for o in own) * M
             for i, r in enumerate(rows):
-                self.stats["answers"] += 1
+                self.stats["asked"] += 1
                 self.stats["generated_tokens"] += len(gen.tokens[i])
                 text = s.policy.tokenizer.decode(gen.tokens[i], skip_special=True)
                 p = F.parse_reflection(text, start=int(ep.start[r]), num_steps=int(ep.num_steps[r]))
                 self.stats[p.status] += 1
                 m = int((tau[r] >= 0).sum())
-                if p.status == "ok" and p.tau not in tau[r] and m < M:
+                if p.status == "ok" and p.tau in tau[r]:
+                    self.stats["duplicate"] += 1
+                elif p.status == "ok" and m < M:
                     tau[r, m] = p.tau
                     texts[(r, m)] = p.experience
         reason = np.zeros_like(tau)
@@ -466,6 +507,40 @@ class TextSokoban:
     def distance_to_go(self, episodes, t) -> np.ndarray:
         from leafe_jax.interfaces.symbolic.interface import SymbolicSokoban
         return SymbolicSokoban(self.env, self.params).distance_to_go(episodes, t)
+
+    def action_distribution(self, policy, episodes, t, temperature: float = 1.0,
+                            chunk: int = 8) -> np.ndarray:
+        """float [R, 4]: the policy's distribution over the four canonical answers
+        ``<action>word</action>`` + end of turn at step ``t[r]`` of episode r, given the
+        prompt that row saw there (its experiences included), at ``temperature``,
+        normalised over the four (P(action | a well-formed answer)). Teacher-forced full
+        forwards, ``chunk`` sequences at a time. None for a policy without a ``model`` to
+        score with (a scripted stand-in)."""
+        if not hasattr(policy, "model"):
+            return None
+        ep = jax.tree.map(np.asarray, episodes)
+        t = np.asarray(t)
+        answers = [self.fmt.tok.encode(F.ANSWER.format(action=w)) + self.fmt.end_ids for w in F.ACTIONS]
+        seqs, spans = [], []
+        for r in range(len(t)):
+            prompt = self.fmt.prefix_ids + ep.prompt[r, t[r], : ep.prompt_len[r, t[r]]].tolist()
+            for a in answers:
+                seqs.append(prompt + a)
+                spans.append((len(prompt), len(prompt) + len(a)))
+        score = np.zeros(len(seqs), np.float64)
+        for i in range(0, len(seqs), chunk):
+            part = seqs[i: i + chunk]
+            L = round_up(max(len(x) for x in part), 64)
+            arr = np.zeros((chunk, L), np.int32)
+            for j, x in enumerate(part):
+                arr[j, : len(x)] = x
+            lp = np.asarray(_answer_logprobs(policy.model, jnp.asarray(arr), temperature))
+            for j in range(len(part)):
+                a, b = spans[i + j]
+                score[i + j] = lp[j, a:b].sum()
+        score = score.reshape(len(t), len(answers))
+        p = np.exp(score - score.max(1, keepdims=True))
+        return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
     # ------------------------------------------------------------------ Stage-2 data
     def sft_examples(self, episode, first: int, last: int) -> list:

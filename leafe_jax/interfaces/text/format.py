@@ -68,6 +68,9 @@ INSTRUCTION = (
     "Admissible actions: up, down, left, right.\n\n")
 
 
+ANSWER = "<action>{action}</action>"     # a demonstration's answer (no thinking)
+
+
 def answer_request(think: bool) -> str:
     if think:
         return ("Think briefly inside <think></think>, then give one admissible action inside "
