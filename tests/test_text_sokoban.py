@@ -469,3 +469,39 @@ def test_action_distribution_is_the_normalised_answer_likelihood(smol, agent, le
             sc.append(lp[len(prompt):].sum())
         want = np.exp(np.array(sc) - max(sc))
         np.testing.assert_allclose(got[r], want / want.sum(), rtol=2e-3, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_text_grpo_batches_and_update(agent, tok, levels):
+    """GRPO's text batch: one row per turn, the mask on exactly the response, the episode's
+    group advantage, no all-padding minibatch; an update raises the log-probs of the
+    positive-advantage responses against the negative ones."""
+    import dataclasses as dc
+    from leafe_jax.baselines.grpo import GRPOConfig, policy_logprobs
+    from leafe_jax.interfaces.text.grpo import rollout_batch, update
+    from leafe_jax.policy.config import get_config
+    from leafe_jax.policy.model import create_model
+    from leafe_jax.train.optim import OptimConfig, create_optimizer
+    tiny = create_model(dc.replace(get_config("test-tiny"), vocab_size=tok.vocab_size, max_seq_len=1024))
+    pol = ScriptedPolicy(tok)
+    pol.model = tiny
+    cfg = GRPOConfig(tasks_per_step=2, group_size=4, beta=0.0)
+    short = TextSokoban(agent.env, tok, agent.params.replace(max_steps_in_episode=5),
+                        F.TextConfig(history_length=0))
+    batch, st = rollout_batch(short, pol, tiny, levels, 3, jax.random.key(0), cfg, minibatch_sequences=16)
+    m, adv = batch["loss_mask"], batch["adv"]
+    real = m.any(1)
+    assert st["env_steps"] == real.sum() and len(m) >= real.sum() and (len(m) & (len(m) - 1)) == 0
+    assert all(real[i: i + 16].any() for i in range(0, len(m), 16))
+    for i in np.flatnonzero(real):
+        text = tok.decode(batch["tokens"][i][m[i]])
+        assert "</action>" in text or not text.startswith("<action>")
+        assert tok.decode(batch["tokens"][i][: np.argmax(m[i])]).endswith("<|im_start|>assistant\n")
+    np.testing.assert_allclose(batch["old_logp"], batch["ref_logp"])
+    assert (adv[real] > 0).any() and (adv[real] < 0).any() and (adv[~real] == 0).all()
+    opt = create_optimizer(tiny, OptimConfig(learning_rate=3e-2, warmup_steps=0, total_steps=10))
+    metrics = update(tiny, opt, batch, cfg, 0.2, 16)
+    assert np.isfinite(metrics["loss"])
+    new = np.asarray(policy_logprobs(tiny, jnp.asarray(batch["tokens"])))
+    gain = ((new - batch["old_logp"]) * m).sum(1) / np.maximum(m.sum(1), 1)
+    assert gain[adv > 0].mean() > gain[adv < 0].mean()

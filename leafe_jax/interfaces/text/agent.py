@@ -38,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import time
 from typing import NamedTuple
 
 import jax
@@ -169,6 +170,7 @@ class TextSession:
         self.num_tasks = int(self.s0.player.shape[0])
         self.stats = {"turns": 0, "invalid": 0, "prompt_tokens": 0, "generated_tokens": 0,
                       "experiences_truncated": 0}
+        self.timing = {"render": 0.0, "generate": 0.0, "parse": 0.0, "env": 0.0}   # seconds
 
     # ------------------------------------------------------------------ episodes
     def _empty(self, task) -> TextEpisode:
@@ -256,7 +258,9 @@ class TextSession:
         while live.any():
             rows = np.flatnonzero(live)
             t = ep.num_steps[rows]
+            c0 = time.perf_counter()
             own = [self.fmt.ids(self.turn_text(ep, r, int(tt))) for r, tt in zip(rows, t)]
+            c1 = time.perf_counter()
             too_long = [len(o) for o in own if len(o) > cfg.prompt_tokens]
             if too_long:
                 raise ValueError(f"a prompt of {max(too_long)} tokens exceeds text.prompt_tokens = "
@@ -268,6 +272,7 @@ class TextSession:
                                            temperature=self.temperature, prefix_len=len(pre))
             else:
                 gen = Generation(*respond(rows, t))
+            c2 = time.perf_counter()
             acts = np.zeros(len(rows), np.int32)
             for i, (r, tt) in enumerate(zip(rows, t)):
                 toks = np.asarray(gen.tokens[i], np.int32)[: cfg.max_new_tokens]
@@ -286,8 +291,12 @@ class TextSession:
                 self.stats["generated_tokens"] += len(toks)
             self.stats["turns"] += len(rows)
             self.stats["invalid"] += int((~ep.valid[rows, t]).sum())
+            c3 = time.perf_counter()
             before = jax.tree.map(lambda x: x[rows, t], ep.states)
             after, _, solved, info = jax.device_get(step(before, jnp.asarray(acts), self.params))
+            c4 = time.perf_counter()
+            for k, dt in zip(("render", "generate", "parse", "env"), (c1 - c0, c2 - c1, c3 - c2, c4 - c3)):
+                self.timing[k] += dt
             ep.actions[rows, t] = acts
             ep.active[rows, t] = True
             for k in STEP_INFO:

@@ -16,6 +16,7 @@ in (the tests' scripted generators do).
 from __future__ import annotations
 
 import functools
+import time
 from typing import NamedTuple
 
 import jax
@@ -59,6 +60,7 @@ class LMPolicy:
         self.stop_tokens = default_stop_tokens(tokenizer)
         self._prefix: tuple | None = None          # (ids, one-row cache)
         self.prefilled = self.generated = 0        # tokens, for throughput reports
+        self.timing = {"prefill": 0.0, "decode": 0.0}   # seconds (benchmarks)
 
     def _prefix_cache(self, ids: tuple) -> KVCache:
         if self._prefix is None or self._prefix[0] != ids:
@@ -105,12 +107,17 @@ class LMPolicy:
             cache = _broadcast_prefix(self._prefix_cache(prefix), rows, size)
         else:
             cache = new_cache(self.model, rows, size)
+        t0 = time.perf_counter()
         last, cache = extend(graphdef, state, jnp.asarray(arr), jnp.asarray(lens), cache,
                              attend_slots=size)
+        last.block_until_ready()
+        t1 = time.perf_counter()
         strategy = Greedy() if temperature == 0 else Temperature(temperature=temperature)
         out, _ = decode(graphdef, state, last, cache, keys, None, max_new_tokens=max_new_tokens,
                         strategy=strategy, stop_tokens=self.stop_tokens, pad_id=0, attend_slots=size)
         toks, lps, n = (np.asarray(x) for x in (out.tokens, out.logprobs, out.lengths))
+        self.timing["prefill"] += t1 - t0
+        self.timing["decode"] += time.perf_counter() - t1
         self.prefilled += int(lens[:B].sum())
         self.generated += int(n[:B].sum())
         return Generation([toks[i, : n[i]].astype(np.int32) for i in range(B)],

@@ -1,0 +1,124 @@
+"""GRPO-RLVR for the text agent, on the same objective and loop as the symbolic GRPO.
+
+Each rollout batch: ``tasks_per_step`` tasks x G episodes of the current text policy
+(``TextSession.roots``), reward = solved (0/1), group advantage (``grpo.group_advantages``).
+Every turn of every episode is one training sequence - the whole prompt the policy saw,
+then the response it generated (cut past ``</action>``, as stored) - with the loss mask on
+the response tokens and its episode's advantage (verl-agent trains the turns of a
+multi-turn episode this way). Old and reference log-probs are recomputed by full forwards;
+the update is ``grpo.grpo_update`` (token-level clipped ratio + k3 KL to the frozen
+reference, mean over response tokens) in minibatches of ``minibatch_sequences`` sequences
+(a 135 M model's logits over a ~300-token prompt are ~60 MB per sequence). The number of
+sequences is padded to a power of two (padding rows have an empty mask) so a run compiles
+a few shapes.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from leafe_jax.baselines.grpo import GRPOConfig, group_advantages, grpo_update, policy_logprobs
+from leafe_jax.data.loader import round_up
+from leafe_jax.train.loop import LoopConfig, train_loop
+
+
+def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
+    """``tokens`` int32 [N, L], ``loss_mask`` bool [N, L] (response tokens), ``adv`` [N],
+    ``episode`` [N] (-1: padding) - one row per turn of every episode. N is a power of two
+    (>= ``minibatch_sequences``); the real rows are dealt round-robin over the minibatches
+    of ``minibatch_sequences`` rows, so no minibatch is all padding (an empty minibatch
+    would still move Adam's moments)."""
+    ep = jax.tree.map(np.asarray, episodes)
+    pre = agent.fmt.prefix_ids
+    rows, masks, owner = [], [], []
+    for r in range(len(ep.num_steps)):
+        for t in range(int(ep.start[r]), int(ep.num_steps[r])):
+            prompt = pre + ep.prompt[r, t, : ep.prompt_len[r, t]].tolist()
+            resp = ep.response[r, t, : ep.response_len[r, t]].tolist()
+            rows.append(prompt + resp)
+            masks.append(len(prompt))
+            owner.append(r)
+    k = minibatch_sequences
+    n = max(k, 1 << max(0, int(np.ceil(np.log2(max(len(rows), 1))))))
+    mb = n // k
+    L = round_up(max(len(x) for x in rows), 64)
+    tokens = np.zeros((n, L), np.int32)
+    mask = np.zeros((n, L), bool)
+    episode = np.full(n, -1, np.int64)
+    for i, (x, p) in enumerate(zip(rows, masks)):
+        at = (i % mb) * k + i // mb
+        tokens[at, : len(x)] = x
+        mask[at, p: len(x)] = True
+        episode[at] = owner[i]
+    a = np.where(episode >= 0, np.asarray(adv, np.float32)[np.maximum(episode, 0)], 0.0)
+    return {"tokens": tokens, "loss_mask": mask, "adv": a.astype(np.float32), "episode": episode}
+
+
+def _logprobs(model, tokens, chunk: int) -> np.ndarray:
+    return np.concatenate([np.asarray(policy_logprobs(model, jnp.asarray(tokens[i: i + chunk])))
+                           for i in range(0, len(tokens), chunk)])
+
+
+def rollout_batch(agent, policy, ref_model, levels, step: int, key, cfg: GRPOConfig, *,
+                  minibatch_sequences: int = 4):
+    """One on-policy batch of turn sequences (module docstring) and its stats."""
+    if cfg.shaped:
+        raise ValueError("the text GRPO uses the 0/1 outcome reward only (baselines.grpo.shaped = 0)")
+    n = int(np.shape(levels.player)[0])
+    B, G = cfg.tasks_per_step, cfg.group_size
+    task = np.repeat((np.arange(B) + step * B) % n, G)
+    session = agent.session(policy, levels, max_depth=0, temperature=cfg.temperature)
+    out = session.roots(task, jax.random.split(jax.random.fold_in(key, step), B * G))
+    ep = out.episodes
+    reward = ep.solved.astype(np.float32)
+    adv = np.asarray(group_advantages(reward.reshape(B, G), cfg.adv_eps)).reshape(-1)
+    batch = turn_sequences(agent, ep, adv, minibatch_sequences)
+    batch["old_logp"] = _logprobs(policy.model, batch["tokens"], minibatch_sequences)
+    batch["ref_logp"] = _logprobs(ref_model, batch["tokens"], minibatch_sequences)
+    del batch["episode"]
+    stats = {"reward": float(reward.mean()), "success": float(ep.solved.mean()),
+             "env_steps": int(out.env_steps.sum()), "tokens_sampled": int(out.tokens.sum()),
+             "invalid_rate": float((~ep.valid & ep.active).sum() / max(1, ep.active.sum()))}
+    return batch, stats
+
+
+def update(model, optimizer, batch: dict, cfg: GRPOConfig, eps_high: float,
+           minibatch_sequences: int) -> dict:
+    """``epochs`` passes of one optimiser step per minibatch of ``minibatch_sequences`` rows
+    (one compiled ``grpo_update`` call each, whatever the batch's length); metrics are
+    means over the steps."""
+    k = minibatch_sequences
+    total, n = None, 0
+    for _ in range(cfg.epochs):
+        for i in range(0, len(batch["tokens"]), k):
+            b = {key: jnp.asarray(v[i: i + k]) for key, v in batch.items()}
+            m = grpo_update(model, optimizer, b, eps=cfg.eps, eps_high=eps_high, beta=cfg.beta,
+                            epochs=1, minibatches=1)
+            total = m if total is None else jax.tree.map(jnp.add, total, m)
+            n += 1
+    return {key: float(v) / n for key, v in total.items()}
+
+
+def train_text_grpo(agent, policy, ref_model, levels, cfg: GRPOConfig, optimizer, steps: int,
+                    workdir, *, key, progress: bool = True, meta: dict | None = None,
+                    minibatch_sequences: int = 4, ckpt_every: int = 10) -> dict:
+    """GRPO on ``levels`` for ``steps`` rollout batches in the shared loop (resume,
+    checkpoints, metrics, NaN stop, SIGTERM); ``ref_model`` stays frozen."""
+    eps_high = cfg.eps if cfg.eps_high is None else cfg.eps_high
+
+    def batches(step):
+        b, st = rollout_batch(agent, policy, ref_model, levels, step, key, cfg,
+                              minibatch_sequences=minibatch_sequences)
+        return b | {"_stats": st}
+
+    def step_fn(model, optimizer, batch, accum=1):
+        st = batch.pop("_stats")
+        m = update(model, optimizer, batch, cfg, eps_high, minibatch_sequences)
+        policy._prefix = None                 # the weights changed: recompute the prefix cache
+        return {**m, **st, "accuracy": st["success"]}
+
+    return train_loop(policy.model, optimizer, batches,
+                      LoopConfig(num_steps=steps, log_every=1, ckpt_every=ckpt_every, progress=progress),
+                      workdir, meta=meta, step_fn=step_fn, place=False)
