@@ -246,6 +246,22 @@ def test_remat_changes_memory_not_the_update():
     jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), params_of(m1), params_of(model))
 
 
+def test_logits_at_masked_positions_only_is_the_same_update():
+    """``targets``: logits only at the (<= targets) masked positions - the same loss,
+    accuracy and update as the full vocabulary at every position (pooled and per dataset)."""
+    b = batch(3)
+    K = int(np.asarray(b["loss_mask"][:, 1:]).sum(1).max())
+    for kw in ({}, {"group_weights": (1.0, 0.5)}):
+        bb = b | ({"group": jnp.asarray(np.arange(8) % 2, jnp.int32)} if kw else {})
+        m1, o1 = fresh()
+        m2, o2 = fresh()
+        a = train_step(m1, o1, bb, **kw)
+        c = train_step(m2, o2, bb, targets=K + 3, **kw)
+        for k in ("loss", "accuracy", "tokens"):
+            assert float(a[k]) == pytest.approx(float(c[k]), rel=1e-5), k
+        jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, atol=1e-6), params_of(m1), params_of(m2))
+
+
 def test_per_dataset_loss_hand_worked():
     """L = mean over group 0's masked tokens + beta * mean over group 1's (beta = 0.5)."""
     from leafe_jax.train.losses import group_weights_B, masked_token_sums

@@ -78,6 +78,7 @@ def dataset(interface, tree_dir: str, variant: str, cfg: PipelineConfig, out: st
     if records is not None:
         write_sft(records, out, overwrite=True)
         stats["max_len"] = int(max(len(t) for t in records.tokens))
+        stats["max_targets"] = int(max(int(m.sum()) for m in records.loss_mask))
     write_json(os.path.join(out, "stats.json"), stats)
 
 
@@ -239,6 +240,7 @@ def text_sft(base_dir: str, model: str, data_dir: str, cfg: PipelineConfig, out:
     policy = text_policy(base_dir, model)
     save_tokenizer(policy.tokenizer, out)
     finetune(policy.model, data_dir, cfg.stage2.sft, out, seed=cfg.experiment.seed, progress=progress,
+             max_targets=read_json(os.path.join(data_dir, "stats.json"))["max_targets"],
              source_coefs=cfg.stage2.distill.source_coefs() if from_tree else None,
              meta={"model": policy.model.cfg.to_dict(), "source": policy.name, "tokenizer": "tokenizer",
                    "agent": "text", "base": base_dir, "data": data_dir})

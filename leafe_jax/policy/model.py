@@ -192,7 +192,7 @@ class Transformer(nnx.Module):
 
     def __call__(self, tokens_BxL, positions_BxL=None, valid_BxL=None, cache: KVCache | None = None,
                  new_lengths_B=None, attend_slots: int | None = None,
-                 attend_window: tuple[int, int] | None = None):
+                 attend_window: tuple[int, int] | None = None, logits_at=None):
         """Full forward (``cache=None``) or a cached prefill / decode step.
 
         With a cache, token t of row b is written to slot ``positions[b, t]`` and attends to
@@ -209,6 +209,10 @@ class Transformer(nnx.Module):
         that segment 0 lies in the first ``sink`` slots and every key the new tokens may see
         past it in the ``recent`` slots ending at the row's last new token: attention then
         reads only those ``sink + recent`` slots, whatever the context's length.
+
+        ``logits_at`` (int32 [B, K], full forward): logits only at those positions
+        ([B, K, V]) - a loss on a few tokens of a long context (a chat response) need not
+        materialise the vocabulary for every position.
         """
         tokens_BxL = jnp.asarray(tokens_BxL)
         if tokens_BxL.ndim != 2:
@@ -248,6 +252,8 @@ class Transformer(nnx.Module):
             if cache is not None:
                 ks.append(new_kv[0])
                 vs.append(new_kv[1])
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, jnp.asarray(logits_at, jnp.int32)[..., None], 1)
         x = self.final_norm(x)
         if self.cfg.tie_embeddings:
             logits = self.embed.attend(x)

@@ -48,17 +48,23 @@ def data_max_len(data_dir) -> int:
 
 def finetune(model, data_dir, cfg: SFTConfig, workdir, *, seed: int, max_len: int | None = None,
              meta: dict | None = None, progress: bool = True, mesh=None, ckpt_every: int | None = None,
-             log_every: int | None = None, source_coefs: dict[str, float] | None = None) -> dict:
+             log_every: int | None = None, source_coefs: dict[str, float] | None = None,
+             max_targets: int | None = None) -> dict:
     """Train ``model`` in place on the SFT dataset in ``data_dir`` (resumes from ``workdir``);
     returns the final metrics. ``source_coefs`` ({source: c}) trains the per-dataset loss
     sum_source c * mean over that source's action tokens (the stored example weights are
-    then not used); default: the pooled mean with the stored weights."""
+    then not used); default: the pooled mean with the stored weights. ``max_targets``: no
+    example has more masked tokens than that - logits are then computed only at masked
+    positions (``train_step``'s ``targets``; chat data: a short response after a long
+    prompt)."""
     max_len = data_max_len(data_dir) if max_len is None else max_len
     groups = None if source_coefs is None else {s: i for i, s in enumerate(sorted(source_coefs))}
     data = sft_batches(sft_source(data_dir), batch_size=cfg.batch_size, max_len=max_len, seed=seed,
                        groups=groups)
     step_fn = train_step if groups is None else functools.partial(
         train_step, group_weights=tuple(float(source_coefs[s]) for s in sorted(source_coefs)))
+    if max_targets is not None:
+        step_fn = functools.partial(step_fn, targets=round_up(max_targets, 8))
     opt = create_optimizer(model, OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup,
                                               total_steps=cfg.steps), mesh)
     loop = LoopConfig(num_steps=cfg.steps, log_every=log_every or max(1, min(25, cfg.steps)),

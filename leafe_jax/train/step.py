@@ -10,6 +10,8 @@ per-dataset loss (``losses.group_weights_B``; the batch then carries ``group`` i
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -17,10 +19,20 @@ from flax import nnx
 from leafe_jax.train.losses import group_weights_B, masked_token_sums
 
 
-def _sums(params, graphdef, rest, batch):
+def _sums(params, graphdef, rest, batch, targets: int | None = None):
     model = nnx.merge(graphdef, params, rest)
-    logits, _ = model(batch["tokens"][:, :-1])
-    return masked_token_sums(logits, batch["tokens"], batch["loss_mask"], batch.get("weight"))
+    if targets is None:
+        logits, _ = model(batch["tokens"][:, :-1])
+        return masked_token_sums(logits, batch["tokens"], batch["loss_mask"], batch.get("weight"))
+    # only the (at most ``targets``) masked positions of each row go through the vocabulary
+    mask = batch["loss_mask"][:, 1:]
+    pos = jax.vmap(lambda m: jnp.nonzero(m, size=targets, fill_value=0)[0])(mask)
+    valid = jnp.arange(targets)[None] < mask.sum(1, keepdims=True)
+    logits, _ = model(batch["tokens"][:, :-1], logits_at=pos)
+    tgt = jnp.take_along_axis(batch["tokens"][:, 1:], pos, 1)
+    B = tgt.shape[0]
+    return masked_token_sums(logits, jnp.concatenate([jnp.zeros((B, 1), tgt.dtype), tgt], 1),
+                             jnp.concatenate([jnp.zeros((B, 1), bool), valid], 1), batch.get("weight"))
 
 
 def _pin_shardings(node) -> None:
@@ -33,10 +45,14 @@ def _pin_shardings(node) -> None:
     nnx.update(node, jax.lax.with_sharding_constraint(state, nnx.get_partition_spec(state)))
 
 
-@nnx.jit(static_argnames=("accum", "group_weights"), donate_argnames=("model", "optimizer"))
-def train_step(model, optimizer, batch, accum: int = 1, group_weights: tuple | None = None):
+@nnx.jit(static_argnames=("accum", "group_weights", "targets"), donate_argnames=("model", "optimizer"))
+def train_step(model, optimizer, batch, accum: int = 1, group_weights: tuple | None = None,
+               targets: int | None = None):
     """One update from ``batch`` split into ``accum`` micro-batches; returns metrics.
-    ``group_weights`` (c_g per group): the per-dataset loss instead of the pooled mean."""
+    ``group_weights`` (c_g per group): the per-dataset loss instead of the pooled mean.
+    ``targets``: at most that many masked tokens per row - logits are computed only there
+    (the same loss; a chat response's few tokens after a long prompt need ~1/30 of the
+    memory). A row with more masked tokens is an error of the caller's sizing."""
     B = batch["tokens"].shape[0]
     if B % accum:
         raise ValueError(f"batch of {B} does not split into {accum} micro-batches")
@@ -46,7 +62,7 @@ def train_step(model, optimizer, batch, accum: int = 1, group_weights: tuple | N
         w = group_weights_B(batch["loss_mask"], batch["group"], group_weights)
         batch = {k: v for k, v in batch.items() if k != "group"} | {"weight": w}
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    grad_fn = jax.value_and_grad(_sums, has_aux=True)
+    grad_fn = jax.value_and_grad(functools.partial(_sums, targets=targets), has_aux=True)
     micro = jax.tree.map(lambda x: x.reshape((accum, B // accum) + x.shape[1:]), batch)
 
     def body(acc, mb):

@@ -158,13 +158,14 @@ def warm_up(agent, policy: LMPolicy, demo: Level, cfg: TextPretrainConfig, workd
                 recs = recs.concat(rrec)
         write_sft(recs, data_dir, overwrite=True)
         stats["max_len"] = int(max(len(t) for t in recs.tokens))
+        stats["max_targets"] = int(max(int(m.sum()) for m in recs.loss_mask))
         with open(os.path.join(data_dir, "stats.json"), "w") as fh:
             json.dump(stats, fh)
     meta = {"model": policy.model.cfg.to_dict(), "source": policy.name, "tokenizer": "tokenizer",
             "agent": "text", "seed": seed}
     save_tokenizer(policy.tokenizer, workdir)
     metrics = finetune(policy.model, data_dir, cfg.sft, workdir, seed=seed, max_len=None,
-                       progress=progress, mesh=mesh, meta=meta)
+                       progress=progress, mesh=mesh, meta=meta, max_targets=stats["max_targets"])
     policy._prefix = None                     # the weights changed: recompute the prefix cache
     if cfg.reflection_levels:
         rl = jax.tree.map(lambda x: x[: cfg.reflection_levels], demo)
