@@ -147,9 +147,10 @@ class PipelineConfig:
             if odd:
                 raise ConfigError("stage1.strategies", f"{odd} are symbolic-only (the text agent has "
                                                        f"{list(TEXT_STRATEGIES)})")
-            if self.baselines.methods:
-                raise ConfigError("baselines.methods", "GRPO and Early Experience do not run on the "
-                                                       "text agent yet")
+            odd = [m for m in self.baselines.methods if m != "grpo"]
+            if odd:
+                raise ConfigError("baselines.methods", f"{odd} do not run on the text agent yet "
+                                                       "(grpo does)")
             if self.experiment.history_length:
                 raise ConfigError("experiment.history_length", "the text agent's window is "
                                                                "text.format.history_length")

@@ -176,6 +176,13 @@ def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
                timing=f"sft_{v}", what=f"stage 2: {v}")
         models[spec.model_name or v] = at("sft", v)
 
+    target = runners.budget(agent, trees.get("rollback"))
+    for m in cfg.baselines.methods:             # (the config allows grpo only, for now)
+        st.run(f"baselines/{m}", lambda: runners.text_grpo(at("base"), tx.model, train, agent, cfg,
+                                                           at("baselines", m), target, progress),
+               timing=m, what=f"baseline: {m} (env-step budget {target['env_steps']})")
+        models[m] = at("baselines", m)
+
     held = None
     for name, d in models.items():
         stage = f"eval/{name}"

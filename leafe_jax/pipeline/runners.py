@@ -246,6 +246,35 @@ def text_sft(base_dir: str, model: str, data_dir: str, cfg: PipelineConfig, out:
                    "agent": "text", "base": base_dir, "data": data_dir})
 
 
+def text_grpo(base_dir: str, model: str, train, agent, cfg: PipelineConfig, out: str, target: dict,
+              progress: bool, minibatch_sequences: int = 4) -> None:
+    """GRPO of the text policy (``interfaces.text.grpo``) at LEAFE's env-step budget (rollout
+    batches sized by the base's root length, as the symbolic GRPO). A rollout batch makes
+    one optimiser step per ``minibatch_sequences`` turns, so the schedule's length is an
+    estimate (batches x turns per batch / minibatch); ``budget.json`` has the real count."""
+    from leafe_jax.interfaces.text.grpo import train_text_grpo
+    from leafe_jax.interfaces.text.pretrain import save_tokenizer
+    from leafe_jax.train.optim import OptimConfig
+    g = cfg.baselines.grpo
+    per_batch = g.tasks_per_step * g.group_size * target["root_len"]
+    steps = max(1, round(target["env_steps"] / per_batch)) if cfg.baselines.match_budget else g.steps
+    policy = text_policy(base_dir, model)
+    ref = text_policy(base_dir, model).model
+    updates = max(1, round(steps * g.epochs * per_batch / minibatch_sequences))
+    opt = create_optimizer(policy.model, OptimConfig(learning_rate=g.learning_rate,
+                                                     warmup_steps=updates // 10, total_steps=updates))
+    save_tokenizer(policy.tokenizer, out)
+    final = train_text_grpo(agent, policy, ref, train.level, g, opt, steps, out,
+                            key=jax.random.key(cfg.experiment.seed + GRPO_KEY), progress=progress,
+                            meta={"model": policy.model.cfg.to_dict(), "source": policy.name,
+                                  "tokenizer": "tokenizer", "agent": "text", "base": base_dir},
+                            minibatch_sequences=minibatch_sequences, ckpt_every=max(1, steps // 2))
+    write_json(os.path.join(out, "budget.json"), {
+        "env_steps": _metric_sum(out, "env_steps"), "tokens": _metric_sum(out, "tokens_sampled"),
+        "rollout_batches": steps, "optimizer_steps_planned": updates,
+        "target_env_steps": target["env_steps"], "final": final})
+
+
 def policy_dir(stage_dir: str) -> str:
     """Where a stage's evaluated policy is (a baseline may name another directory)."""
     bj = os.path.join(stage_dir, "budget.json")
