@@ -5,21 +5,24 @@ Each rollout batch: ``tasks_per_step`` tasks x G episodes of the current text po
 Every turn of every episode is one training sequence - the whole prompt the policy saw,
 then the response it generated (cut past ``</action>``, as stored) - with the loss mask on
 the response tokens and its episode's advantage (verl-agent trains the turns of a
-multi-turn episode this way). Old and reference log-probs are recomputed by full forwards;
-the update is ``grpo.grpo_update`` (token-level clipped ratio + k3 KL to the frozen
-reference, mean over response tokens) in minibatches of ``minibatch_sequences`` sequences
-(a 135 M model's logits over a ~300-token prompt are ~60 MB per sequence). The number of
+multi-turn episode this way). Old and reference log-probs are recomputed by full forwards
+with logits only at the response tokens (``masked_logprobs``); each update step is
+``grpo.grpo_objective`` (token-level clipped ratio + k3 KL to the frozen reference, mean
+over response tokens) on a minibatch of ``minibatch_sequences`` rows. The number of
 sequences is padded to a power of two (padding rows have an empty mask) so a run compiles
 a few shapes.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-from leafe_jax.baselines.grpo import GRPOConfig, group_advantages, grpo_update, policy_logprobs
+from leafe_jax.baselines.grpo import GRPOConfig, group_advantages, grpo_objective
 from leafe_jax.data.loader import round_up
 from leafe_jax.train.loop import LoopConfig, train_loop
 
@@ -56,9 +59,56 @@ def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
     return {"tokens": tokens, "loss_mask": mask, "adv": a.astype(np.float32), "episode": episode}
 
 
-def _logprobs(model, tokens, chunk: int) -> np.ndarray:
-    return np.concatenate([np.asarray(policy_logprobs(model, jnp.asarray(tokens[i: i + chunk])))
+def masked_logprobs(model, tokens_BxL, mask_BxL, targets: int):
+    """``(logp [B, K], valid [B, K], entropy [B, K])`` of the masked tokens of each row (at
+    most ``targets`` = K of them, in order), with logits computed only there
+    (``Transformer(logits_at=...)``): a response's few tokens after a long prompt."""
+    m = mask_BxL[:, 1:]
+    pos = jax.vmap(lambda r: jnp.nonzero(r, size=targets, fill_value=0)[0])(m)
+    valid = jnp.arange(targets)[None] < m.sum(1, keepdims=True)
+    logits, _ = model(tokens_BxL[:, :-1], logits_at=pos)
+    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
+    tgt = jnp.take_along_axis(tokens_BxL[:, 1:], pos, 1)
+    ent = -(jnp.exp(lp) * lp).sum(-1)
+    return jnp.take_along_axis(lp, tgt[..., None], -1)[..., 0], valid, ent
+
+
+@functools.partial(nnx.jit, static_argnames=("targets",))
+def _masked_logprobs_jit(model, tokens, mask, targets: int):
+    return masked_logprobs(model, tokens, mask, targets)[0]
+
+
+@functools.partial(nnx.jit, static_argnames=("eps", "eps_high", "beta", "targets"),
+                   donate_argnames=("model", "optimizer"))
+def _update_step(model, optimizer, batch, *, eps: float, eps_high: float, beta: float, targets: int):
+    """One optimiser step of ``grpo.grpo_objective`` on one minibatch (log-probs at the
+    response tokens only)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def loss_fn(p):
+        m = nnx.merge(graphdef, p, rest)
+        logp, valid, ent = masked_logprobs(m, batch["tokens"], batch["loss_mask"], targets)
+        loss, aux = grpo_objective(logp, batch["old_logp"], batch["ref_logp"], batch["adv"], valid,
+                                   eps=eps, eps_high=eps_high, beta=beta)
+        v = valid.astype(jnp.float32)
+        aux["entropy"] = (ent * v).sum() / jnp.maximum(v.sum(), 1.0)
+        return loss, aux
+
+    (loss, aux), g = jax.value_and_grad(loss_fn, has_aux=True)(nnx.state(model, nnx.Param))
+    optimizer.update(model, g)
+    gn = jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(g)))
+    return {"loss": loss, "grad_norm": gn, **aux}
+
+
+def _logprobs(model, tokens, mask, targets: int, chunk: int) -> np.ndarray:
+    return np.concatenate([np.asarray(_masked_logprobs_jit(model, jnp.asarray(tokens[i: i + chunk]),
+                                                           jnp.asarray(mask[i: i + chunk]), targets))
                            for i in range(0, len(tokens), chunk)])
+
+
+def targets_for(mask) -> int:
+    """K: the most response tokens of a row, rounded up (few compiled shapes)."""
+    return round_up(max(1, int(np.asarray(mask)[:, 1:].sum(1).max())), 8)
 
 
 def rollout_batch(agent, policy, ref_model, levels, step: int, key, cfg: GRPOConfig, *,
@@ -75,8 +125,9 @@ def rollout_batch(agent, policy, ref_model, levels, step: int, key, cfg: GRPOCon
     reward = ep.solved.astype(np.float32)
     adv = np.asarray(group_advantages(reward.reshape(B, G), cfg.adv_eps)).reshape(-1)
     batch = turn_sequences(agent, ep, adv, minibatch_sequences)
-    batch["old_logp"] = _logprobs(policy.model, batch["tokens"], minibatch_sequences)
-    batch["ref_logp"] = _logprobs(ref_model, batch["tokens"], minibatch_sequences)
+    K = targets_for(batch["loss_mask"])
+    batch["old_logp"] = _logprobs(policy.model, batch["tokens"], batch["loss_mask"], K, minibatch_sequences)
+    batch["ref_logp"] = _logprobs(ref_model, batch["tokens"], batch["loss_mask"], K, minibatch_sequences)
     del batch["episode"]
     stats = {"reward": float(reward.mean()), "success": float(ep.solved.mean()),
              "env_steps": int(out.env_steps.sum()), "tokens_sampled": int(out.tokens.sum()),
@@ -87,15 +138,15 @@ def rollout_batch(agent, policy, ref_model, levels, step: int, key, cfg: GRPOCon
 def update(model, optimizer, batch: dict, cfg: GRPOConfig, eps_high: float,
            minibatch_sequences: int) -> dict:
     """``epochs`` passes of one optimiser step per minibatch of ``minibatch_sequences`` rows
-    (one compiled ``grpo_update`` call each, whatever the batch's length); metrics are
-    means over the steps."""
+    (one compiled step, whatever the batch's length); metrics are means over the steps."""
     k = minibatch_sequences
+    K = batch["old_logp"].shape[1]
     total, n = None, 0
     for _ in range(cfg.epochs):
         for i in range(0, len(batch["tokens"]), k):
             b = {key: jnp.asarray(v[i: i + k]) for key, v in batch.items()}
-            m = grpo_update(model, optimizer, b, eps=cfg.eps, eps_high=eps_high, beta=cfg.beta,
-                            epochs=1, minibatches=1)
+            m = _update_step(model, optimizer, b, eps=cfg.eps, eps_high=eps_high, beta=cfg.beta,
+                             targets=K)
             total = m if total is None else jax.tree.map(jnp.add, total, m)
             n += 1
     return {key: float(v) / n for key, v in total.items()}
