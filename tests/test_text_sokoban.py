@@ -510,3 +510,43 @@ def test_text_grpo_batches_and_update(agent, tok, levels):
     new = np.asarray(policy_logprobs(tiny, jnp.asarray(batch["tokens"])))
     gain = ((new - full) * m).sum(1) / np.maximum(m.sum(1), 1)
     assert gain[adv > 0].mean() > gain[adv < 0].mean()
+
+
+def test_text_config_is_checked():
+    from leafe_jax.configs import ConfigError
+    from leafe_jax.pipeline import config as PC
+    for d, msg in [({"stage1": {"strategies": ["rollback", "rollback_mask"]}}, "symbolic-only"),
+                   ({"baselines": {"methods": ["early_experience"]}}, "do not run on the text agent"),
+                   ({"experiment": {"history_length": 2}}, "text.format.history_length"),
+                   ({"text": {"format": {"max_new_tokens": 0}}}, "max_new_tokens")]:
+        d = {**d, "experiment": {"agent": "text", **d.get("experiment", {})}}
+        with pytest.raises(ConfigError, match=msg):
+            PC.from_dict(d)
+
+
+@pytest.mark.slow
+def test_text_pipeline_end_to_end_with_smollm2(tmp_path, smollm2_path):
+    """The whole text pipeline at the smallest size with the real model: a BC warm-up step,
+    Stage 1, a LEAFE dataset and SFT step, one GRPO batch, Pass@k of zero-shot / base /
+    LEAFE / GRPO, the report; rerunning it skips every stage."""
+    from leafe_jax.pipeline import config as PC
+    from leafe_jax.pipeline.run import run_pipeline
+    cfg = PC.from_dict({
+        "experiment": {"agent": "text", "preset": "verl6x6"},
+        "text": {"model": smollm2_path, "format": {"history_length": 0, "max_new_tokens": 8},
+                 "base": {"demo_levels": 2, "sft": {"steps": 1, "batch_size": 2}}},
+        "stage1": {"train_levels": 2, "strategies": ["rollback"],
+                   "explore": {"budget": 2, "max_depth": 1, "children": 1}},
+        "stage2": {"variants": ["leafe"], "sft": {"steps": 1, "batch_size": 2}},
+        "baselines": {"methods": ["grpo"], "match_budget": False,
+                      "grpo": {"steps": 1, "tasks_per_step": 1, "group_size": 2}},
+        "eval": {"levels": 2, "n": 2}})
+    wd = str(tmp_path / "run")
+    run_pipeline(cfg, wd, progress=False)
+    passk = json.load(open(tmp_path / "run" / "eval" / "passk.json"))["passk"]
+    assert {"zero-shot", "base", "grpo"} <= set(passk)
+    assert (tmp_path / "run" / "report.md").exists()
+    assert json.load(open(tmp_path / "run" / "base" / "warmup.json"))["examples"] > 0
+    timings = json.load(open(tmp_path / "run" / "timings.json"))
+    run_pipeline(cfg, wd, progress=False)                   # everything done: nothing reruns
+    assert json.load(open(tmp_path / "run" / "timings.json")) == timings
