@@ -39,7 +39,7 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
     lines += _per_cost(s1) + _compliance(s1) + _branch_starts(s1) + _following(at("base", "following.json"))
     notes = [f"- {k}: the policy's own reflections - {st['reflector']['asked']} answers, "
              f"{st['reflector']['malformed']} malformed (no step matches), "
-             f"{st['reflector']['duplicate']} repeating a tau already taken"
+             f"{st['reflector']['duplicate']} repeating a tau already taken" + _text_reflector(st['reflector'])
              for k, st in s1.items() if "reflector" in st]
     notes += [f"- {k}: {st['interrupted']} rollouts stopped by periodic reflection"
               for k, st in s1.items() if st.get("interrupted")]
@@ -80,6 +80,15 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
     with open(at("report.md"), "w") as fh:
         fh.write("\n".join(lines) + "\n")
     return {"passk": passk["passk"], "stage1": s1, "timings": timings}
+
+
+def _text_reflector(r: dict) -> str:
+    """The text reflector's further counts (a model answering in words)."""
+    if "generated_tokens" not in r:
+        return ""
+    return (f", {r['ok']} parsed, {r['none']} 'no rollback', {r['out_of_range']} naming a step "
+            f"outside the rollout; {r['generated_tokens']} reflection tokens generated over "
+            f"{r['prompt_tokens']} prompt tokens (not in the table's policy tokens)")
 
 
 def _per_cost(s1: dict) -> list[str]:
