@@ -550,3 +550,24 @@ def test_text_pipeline_end_to_end_with_smollm2(tmp_path, smollm2_path):
     timings = json.load(open(tmp_path / "run" / "timings.json"))
     run_pipeline(cfg, wd, progress=False)                   # everything done: nothing reruns
     assert json.load(open(tmp_path / "run" / "timings.json")) == timings
+
+
+@pytest.mark.slow
+def test_text_rollouts_on_a_mesh_equal_one_device(smol, agent, levels, smollm2_path):
+    """Episodes split over the batch axes of 8 fake devices, the weights over fsdp: the
+    greedy text loop gives the single-device episodes (tokens, actions)."""
+    from leafe_jax.interfaces.text.policy import LMPolicy
+    from leafe_jax.policy.gguf import load_gguf
+    from leafe_jax.sharding import make_mesh
+    if jax.device_count() < 8:
+        pytest.skip("needs 8 (fake) devices")
+    small = TextSokoban(agent.env, agent.tokenizer, agent.params.replace(max_steps_in_episode=2),
+                        F.TextConfig(history_length=1, max_new_tokens=8))
+    mesh = make_mesh((2, 4, 1))
+    sharded = LMPolicy(load_gguf(smollm2_path, mesh=mesh), smol.tokenizer, mesh=mesh)
+    keys = jax.random.split(jax.random.key(0), 3)
+    a = small.session(smol, levels, max_depth=1, temperature=0.0).roots(np.arange(3), keys)
+    b = small.session(sharded, levels, max_depth=1, temperature=0.0).roots(np.arange(3), keys)
+    np.testing.assert_array_equal(a.episodes.response, b.episodes.response)
+    np.testing.assert_array_equal(a.episodes.actions, b.episodes.actions)
+    np.testing.assert_allclose(a.episodes.logprob, b.episodes.logprob, atol=2e-3)

@@ -7,7 +7,10 @@ broadcast into every row, so a turn prefills only each row's own tokens (``exten
 one jitted ``while_loop`` decode samples up to ``max_new_tokens`` per row, stopping at the
 end-of-turn / end-of-sequence tokens. Rows are padded to a power of two and lengths are
 bucketed, so a whole search compiles a handful of shapes. ``keys`` are per row: a row's
-sample depends on its own key and prompt, not on the rows sampled beside it.
+sample depends on its own key and prompt, not on the rows sampled beside it. With a
+``mesh`` (a model loaded onto it: ``load_pretrained(..., mesh=mesh)``) the episodes are
+split over the batch axes (rows padded to a multiple of them) and the model's weights are
+sharded as loaded.
 
 Anything with ``tokenizer``, ``stop_tokens`` and ``generate`` of this signature can stand
 in (the tests' scripted generators do).
@@ -15,6 +18,7 @@ in (the tests' scripted generators do).
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import time
 from typing import NamedTuple
@@ -24,10 +28,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from leafe_jax.policy.model import KVCache
-from leafe_jax.policy.sampler import bucket, decode, extend, new_cache, prefill
+from leafe_jax.policy.model import KVCache, cache_shardings
+from leafe_jax.policy.sampler import bucket, decode, extend, new_cache, place_rows, prefill
 from leafe_jax.policy.sampling import Greedy, Temperature
 from leafe_jax.policy.text import default_stop_tokens
+from leafe_jax.sharding import logical_sharding
 
 
 class Generation(NamedTuple):
@@ -52,11 +57,14 @@ def _broadcast_prefix(prefix: KVCache, batch: int, size: int) -> KVCache:
 class LMPolicy:
     """``model`` (``policy.model.Transformer``) + its ``tokenizer``."""
 
-    def __init__(self, model, tokenizer, *, name: str = ""):
+    def __init__(self, model, tokenizer, *, name: str = "", mesh=None):
         if model.cfg.window_segments:
             raise ValueError("a text policy needs an unwindowed model (its prompts carry their "
                              "own history window)")
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self.model, self.tokenizer, self.name, self.mesh = model, tokenizer, name, mesh
+        # rows per call: a multiple of the mesh's batch axes (episodes are data-parallel)
+        self.row_multiple = 1 if mesh is None else int(np.prod(
+            [mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
         self.stop_tokens = default_stop_tokens(tokenizer)
         self._prefix: tuple | None = None          # (ids, one-row cache)
         self.prefilled = self.generated = 0        # tokens, for throughput reports
@@ -69,7 +77,9 @@ class LMPolicy:
             arr = np.zeros((1, L), np.int32)
             arr[0, : len(ids)] = ids
             cache = new_cache(self.model, 1, L)
-            _, cache = prefill(graphdef, state, jnp.asarray(arr), jnp.asarray([len(ids)], np.int32), cache)
+            with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+                _, cache = prefill(graphdef, state, jnp.asarray(arr), jnp.asarray([len(ids)], np.int32),
+                                   cache)
             self._prefix = (ids, cache)
             self.prefilled += len(ids)
         return self._prefix[1]
@@ -87,7 +97,8 @@ class LMPolicy:
         rest = [list(p[prefix_len:]) for p in prompts]
         if min(len(r) for r in rest) < 1:
             raise ValueError("every prompt needs a token after the shared prefix")
-        rows = _pow2(B)
+        rows = max(_pow2(B), self.row_multiple)
+        rows = -(-rows // self.row_multiple) * self.row_multiple
         width = bucket(max(len(r) for r in rest))
         size = bucket(prefix_len + max(len(r) for r in rest) + max_new_tokens, 64)
         if size > self.model.cfg.max_seq_len:
@@ -105,16 +116,23 @@ class LMPolicy:
         graphdef, state = nnx.split(self.model)
         if prefix_len:
             cache = _broadcast_prefix(self._prefix_cache(prefix), rows, size)
+            if self.mesh is not None:
+                cache = jax.device_put(cache, cache_shardings(self.mesh, self.model.cfg))
         else:
-            cache = new_cache(self.model, rows, size)
+            cache = new_cache(self.model, rows, size, self.mesh)
+        arr, lens = jnp.asarray(arr), jnp.asarray(lens)
+        if self.mesh is not None:
+            arr, lens = place_rows(arr, lens, self.mesh)
+            keys = jax.device_put(keys, logical_sharding(self.mesh, ("batch",)))
         t0 = time.perf_counter()
-        last, cache = extend(graphdef, state, jnp.asarray(arr), jnp.asarray(lens), cache,
-                             attend_slots=size)
+        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            last, cache = extend(graphdef, state, arr, lens, cache, attend_slots=size)
         last.block_until_ready()
         t1 = time.perf_counter()
         strategy = Greedy() if temperature == 0 else Temperature(temperature=temperature)
-        out, _ = decode(graphdef, state, last, cache, keys, None, max_new_tokens=max_new_tokens,
-                        strategy=strategy, stop_tokens=self.stop_tokens, pad_id=0, attend_slots=size)
+        with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
+            out, _ = decode(graphdef, state, last, cache, keys, None, max_new_tokens=max_new_tokens,
+                            strategy=strategy, stop_tokens=self.stop_tokens, pad_id=0, attend_slots=size)
         toks, lps, n = (np.asarray(x) for x in (out.tokens, out.logprobs, out.lengths))
         self.timing["prefill"] += t1 - t0
         self.timing["decode"] += time.perf_counter() - t1
