@@ -293,3 +293,9 @@ def test_tiny_pipeline_with_the_faithful_options(tmp_path):
     assert e["wm_examples_seen"] == e["examples"] and e["imitation_steps"] == cfg.stage2.sft.steps
     with pytest.raises(ValueError, match=r"'base'.*history_length differ"):
         run_pipeline(C.from_dict({"experiment": {"history_length": 2}}, base=cfg), wd, progress=False)
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(EXP) if f.endswith(".toml")))
+def test_every_experiment_config_reads(name):
+    """Each committed experiment config is a valid pipeline config (names, types, ranges)."""
+    C.load(os.path.join(EXP, name))
