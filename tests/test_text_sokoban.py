@@ -382,6 +382,8 @@ def test_pipeline_stages_run_the_scripted_text_agent(agent, tok, levels, tmp_pat
     assert "p_repeat_with_experience" not in st["compliance"]        # a script cannot be scored
     assert 0 <= st["branch_starts"]["start_unsolvable"] <= 1
     assert json.load(open(tmp_path / "rollback_self" / "stats.json"))["reflector"]["asked"] > 0
+    se = st["session"]
+    assert se["turns"] >= st["env_steps"] and 0 < se["invalid"] < se["turns"]     # (+ the tests' roots)
     runners.dataset(agent, str(tmp_path / "rollback"), "leafe", cfg, str(tmp_path / "data"))
     ds = json.load(open(tmp_path / "data" / "stats.json"))
     assert ds["examples"] == ds["e2p"] + ds["rehearsal"] > 0

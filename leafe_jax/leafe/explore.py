@@ -278,7 +278,8 @@ def resolve(strategy: str, cfg: ExploreConfig) -> tuple[Strategy, ExploreConfig]
 def explore(interface, policy, tasks, key, cfg: ExploreConfig, strategy: str = "rollback", *,
             progress: bool = True, stats: dict | None = None) -> Tree:
     """Stage-1 exploration of the B tasks ``tasks`` under ``strategy`` (see ``STRATEGIES``).
-    ``stats`` (a dict) receives the reflector's own counters where it keeps any."""
+    ``stats`` (a dict) receives the reflector's own counters where it keeps any, and the
+    session's (``session``: turns, invalid answers, tokens, seconds per part of the loop)."""
     st, cfg = resolve(strategy, cfg)
     session = interface.session(policy, tasks, max_depth=cfg.max_depth, temperature=cfg.temperature)
     if session.num_tasks == 0:
@@ -288,4 +289,7 @@ def explore(interface, policy, tasks, key, cfg: ExploreConfig, strategy: str = "
     st.expand(search, reflect)
     if stats is not None and hasattr(reflect, "stats"):
         stats["reflector"] = dict(reflect.stats)
+    if stats is not None and hasattr(session, "stats"):      # e.g. the text agent's turns
+        stats["session"] = dict(session.stats) | {k: round(v, 3) for k, v in
+                                                   getattr(session, "timing", {}).items()}
     return search.tree()

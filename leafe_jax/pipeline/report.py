@@ -43,6 +43,11 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
              for k, st in s1.items() if "reflector" in st]
     notes += [f"- {k}: {st['interrupted']} rollouts stopped by periodic reflection"
               for k, st in s1.items() if st.get("interrupted")]
+    notes += [f"- {k}: {se['turns']} turns, {se['invalid']} invalid answers "
+              f"({100 * se['invalid'] / max(1, se['turns']):.1f} %), "
+              f"{se['prompt_tokens'] / max(1, se['turns']):.0f} prompt tokens (after the shared "
+              f"instruction) and {se['generated_tokens'] / max(1, se['turns']):.1f} generated tokens per turn"
+              for k, st in s1.items() if (se := st.get("session")) and "turns" in se]
     lines += [""] + notes if notes else []
     if cfg.baselines.methods:
         g, ee = cfg.baselines.grpo, cfg.baselines.early_experience
