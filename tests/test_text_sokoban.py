@@ -480,7 +480,7 @@ def test_text_grpo_batches_and_update(agent, tok, levels):
     positive-advantage responses against the negative ones."""
     import dataclasses as dc
     from leafe_jax.baselines.grpo import GRPOConfig, policy_logprobs
-    from leafe_jax.interfaces.text.grpo import rollout_batch, update
+    from leafe_jax.baselines.text_grpo import rollout_batch, update
     from leafe_jax.policy.config import get_config
     from leafe_jax.policy.model import create_model
     from leafe_jax.train.optim import OptimConfig, create_optimizer
@@ -532,7 +532,6 @@ def test_text_pipeline_end_to_end_with_smollm2(tmp_path, smollm2_path):
     Stage 1, a LEAFE dataset and SFT step, one GRPO batch, Pass@k of zero-shot / base /
     LEAFE / GRPO, the report; rerunning it skips every stage."""
     from leafe_jax.pipeline import config as PC
-    from leafe_jax.pipeline.run import run_pipeline
     cfg = PC.from_dict({
         "experiment": {"agent": "text", "preset": "verl6x6"},
         "text": {"model": smollm2_path, "format": {"history_length": 0, "max_new_tokens": 8},
@@ -543,14 +542,26 @@ def test_text_pipeline_end_to_end_with_smollm2(tmp_path, smollm2_path):
         "baselines": {"methods": ["grpo"], "match_budget": False,
                       "grpo": {"steps": 1, "tasks_per_step": 1, "group_size": 2}},
         "eval": {"levels": 2, "n": 2}})
+    # a fresh process (as a user runs it: the CLI), so its ~7 GB are returned at exit
+    import subprocess
+    import sys
     wd = str(tmp_path / "run")
-    run_pipeline(cfg, wd, progress=False)
+    code = ("import json, sys; from leafe_jax.pipeline import config as C; "
+            "from leafe_jax.pipeline.run import run_pipeline; "
+            "run_pipeline(C.from_dict(json.loads(sys.argv[1])), sys.argv[2], progress=False)")
+    cmd = [sys.executable, "-c", code, json.dumps(cfg.to_dict()), wd]
+
+    def run():
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=1200,
+                           env={**__import__("os").environ, "JAX_PLATFORMS": "cpu"})
+        assert r.returncode == 0, r.stderr[-3000:]
+    run()
     passk = json.load(open(tmp_path / "run" / "eval" / "passk.json"))["passk"]
     assert {"zero-shot", "base", "grpo"} <= set(passk)
     assert (tmp_path / "run" / "report.md").exists()
     assert json.load(open(tmp_path / "run" / "base" / "warmup.json"))["examples"] > 0
     timings = json.load(open(tmp_path / "run" / "timings.json"))
-    run_pipeline(cfg, wd, progress=False)                   # everything done: nothing reruns
+    run()                                                   # everything done: nothing reruns
     assert json.load(open(tmp_path / "run" / "timings.json")) == timings
 
 

@@ -78,7 +78,8 @@ def dataset(interface, tree_dir: str, variant: str, cfg: PipelineConfig, out: st
     if records is not None:
         write_sft(records, out, overwrite=True)
         stats["max_len"] = int(max(len(t) for t in records.tokens))
-        stats["max_targets"] = int(max(int(m.sum()) for m in records.loss_mask))
+        if hasattr(interface, "sft_examples"):     # (chat data: text SFT sizes its logits by it)
+            stats["max_targets"] = int(max(int(m.sum()) for m in records.loss_mask))
     write_json(os.path.join(out, "stats.json"), stats)
 
 
@@ -248,11 +249,11 @@ def text_sft(base_dir: str, model: str, data_dir: str, cfg: PipelineConfig, out:
 
 def text_grpo(base_dir: str, model: str, train, agent, cfg: PipelineConfig, out: str, target: dict,
               progress: bool, minibatch_sequences: int = 4) -> None:
-    """GRPO of the text policy (``interfaces.text.grpo``) at LEAFE's env-step budget (rollout
+    """GRPO of the text policy (``baselines.text_grpo``) at LEAFE's env-step budget (rollout
     batches sized by the base's root length, as the symbolic GRPO). A rollout batch makes
     one optimiser step per ``minibatch_sequences`` turns, so the schedule's length is an
     estimate (batches x turns per batch / minibatch); ``budget.json`` has the real count."""
-    from leafe_jax.interfaces.text.grpo import train_text_grpo
+    from leafe_jax.baselines.text_grpo import train_text_grpo
     from leafe_jax.interfaces.text.pretrain import save_tokenizer
     from leafe_jax.train.optim import OptimConfig
     g = cfg.baselines.grpo
