@@ -86,3 +86,36 @@ def test_bad_launcher_input_is_named():
     assert r.returncode != 0 and "unknown accelerator family 'v9x'" in r.stderr
     r = subprocess.run([sys.executable, LAUNCH, "run", *BASE], capture_output=True, text=True)
     assert r.returncode != 0 and "give the leafe command after --" in r.stderr
+
+
+def header_commands(config: str) -> list[list[str]]:
+    """The ``python launch/tpu.py ...`` commands written in a config file's header."""
+    with open(os.path.join(ROOT, config)) as fh:
+        lines = [ln[1:].strip() for ln in fh if ln.startswith("#")]
+    return [shlex.split(ln)[2:] for ln in lines if ln.startswith("python launch/tpu.py")]
+
+
+def test_the_text_tpu_config_launches_as_its_header_says(config_dir):
+    """experiments/text_tpu_qwen7b.toml: its header's create / setup / run / delete commands
+    are what gcloud accepts, and the leafe command they run reads the config (with its
+    --set overrides) into a text pipeline on a 4-chip mesh in bf16-mixed."""
+    from leafe_jax.pipeline import config as C
+    cmds = header_commands("experiments/text_tpu_qwen7b.toml")
+    assert [c[0] for c in cmds] == ["create", "setup", "run", "delete"]
+    for args in cmds:
+        cut = args.index("--") if "--" in args else len(args)
+        out = subprocess.run([sys.executable, LAUNCH, *args[:cut], "--project", "my-proj", "--dry-run",
+                              *args[cut:]], capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        for c in (shlex.split(line) for line in out.stdout.strip().split("\n")):
+            if c[0] == "gcloud":
+                rc, text = gcloud(c, config_dir)
+                assert rc != 0 and NO_ACCOUNT in text, (shlex.join(c), text[-800:])
+    leafe = cmds[2][cmds[2].index("--") + 1:]
+    assert leafe[:2] == ["pipeline", "experiments/text_tpu_qwen7b.toml"]
+    sets = [leafe[i + 1] for i, a in enumerate(leafe) if a == "--set"]
+    cfg = C.load(os.path.join(ROOT, leafe[1]), sets)
+    assert cfg.experiment.agent == "text" and cfg.text.model == "gs://YOUR_BUCKET/Qwen2.5-7B-Instruct"
+    assert cfg.text.mesh == (1, 4, 1) and cfg.text.dtype == "bf16-mixed"
+    assert cfg.stage2.sft.batch_size % 4 == 0
+    assert "--accelerator" in cmds[0] and cmds[0][cmds[0].index("--accelerator") + 1] == "v5p-8"

@@ -154,7 +154,7 @@ def update(model, optimizer, batch: dict, cfg: GRPOConfig, eps_high: float,
 
 def train_text_grpo(agent, policy, ref_model, levels, cfg: GRPOConfig, optimizer, steps: int,
                     workdir, *, key, progress: bool = True, meta: dict | None = None,
-                    minibatch_sequences: int = 4, ckpt_every: int = 10) -> dict:
+                    minibatch_sequences: int = 4, ckpt_every: int = 10, mesh=None) -> dict:
     """GRPO on ``levels`` for ``steps`` rollout batches in the shared loop (resume,
     checkpoints, metrics, NaN stop, SIGTERM); ``ref_model`` stays frozen."""
     eps_high = cfg.eps if cfg.eps_high is None else cfg.eps_high
@@ -172,4 +172,4 @@ def train_text_grpo(agent, policy, ref_model, levels, cfg: GRPOConfig, optimizer
 
     return train_loop(policy.model, optimizer, batches,
                       LoopConfig(num_steps=steps, log_every=1, ckpt_every=ckpt_every, progress=progress),
-                      workdir, meta=meta, step_fn=step_fn, place=False)
+                      workdir, meta=meta, step_fn=step_fn, place=False, mesh=mesh)

@@ -129,6 +129,17 @@ class TextSection:
     format: TextConfig = TextConfig()
     base: TextPretrainConfig = TextPretrainConfig()
     zero_shot: bool = field(True, doc="also evaluate the pretrained model as it is")
+    mesh: tuple[int, ...] = field((1, 1, 1), lo=-1, doc="device mesh (data, fsdp, tp) of every "
+                                  "text stage: episodes over data x fsdp, weights sharded by the "
+                                  "model's rules; one -1 takes the remaining devices")
+    dtype: str = field("auto", choices=("auto", "float32", "bf16-mixed", "bfloat16"),
+                       doc="dtype policy of the loaded weights (auto: float32 on CPU, bf16-mixed "
+                           "- float32 master weights, bfloat16 compute - on TPU/GPU)")
+
+    def __post_init__(self):
+        if len(self.mesh) != 3 or 0 in self.mesh or list(self.mesh).count(-1) > 1:
+            raise ConfigError("text.mesh", f"three sizes (data, fsdp, tp), at most one -1, none 0; "
+                                           f"got {list(self.mesh)}")
 
 
 @config

@@ -139,20 +139,19 @@ def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
     interface, the Stage-2 datasets as chat examples, Stage 2 by the same SFT loop, Pass@k
     of the zero-shot model, the base and every variant."""
     from leafe_jax.interfaces.text.agent import TextSokoban
-    from leafe_jax.interfaces.text.pretrain import load_text_policy
+    from leafe_jax.interfaces.text.pretrain import load_text_tokenizer
 
     st = Stages(workdir, cfg, _log)
     ex, tx = cfg.experiment, cfg.text
     preset = get_preset(ex.preset)
     env = preset.make_env()
     at = lambda *p: os.path.join(workdir, *p)
-    zero = load_text_policy(tx.model)
-    agent = TextSokoban(env, zero.tokenizer, env.default_params, tx.format)
+    agent = TextSokoban(env, load_text_tokenizer(tx.model), env.default_params, tx.format)
     demo, train = training_pools(preset.generator, ex.seed, demo_levels=max(1, tx.base.demo_levels),
                                  train_levels=cfg.stage1.train_levels)
     st.run("base", lambda: runners.text_base(agent, tx, demo.level, ex.seed, at("base"), progress),
            timing="base", what=f"base policy: {tx.model}, BC warm-up on {tx.base.demo_levels} levels")
-    base_policy = runners.text_policy(at("base"), tx.model)
+    base_policy = runners.text_policy(at("base"), tx) if cfg.stage1.strategies else None
 
     trees = {}
     for s in cfg.stage1.strategies:
@@ -160,6 +159,7 @@ def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
                                                      at("stage1", s), progress),
                timing=f"stage1_{s}", what=f"stage 1: {s}")
         trees[s] = at("stage1", s)
+    base_policy = None                          # every later stage loads the weights it trains
 
     models = ({"zero-shot": tx.model} if tx.zero_shot else {}) | {"base": at("base")}
     for v in cfg.stage2.variants:
@@ -171,14 +171,14 @@ def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
             if read_json(os.path.join(data_dir, "stats.json"))["examples"] == 0:
                 warnings.warn(f"Stage-2 variant {v!r} has no examples: skipped")
                 continue
-        st.run(f"sft/{v}", lambda: runners.text_sft(at("base"), tx.model, data_dir, cfg, at("sft", v),
+        st.run(f"sft/{v}", lambda: runners.text_sft(at("base"), data_dir, cfg, at("sft", v),
                                                     progress, spec.from_tree),
                timing=f"sft_{v}", what=f"stage 2: {v}")
         models[spec.model_name or v] = at("sft", v)
 
     target = runners.budget(agent, trees.get("rollback"))
     for m in cfg.baselines.methods:             # (the config allows grpo only, for now)
-        st.run(f"baselines/{m}", lambda: runners.text_grpo(at("base"), tx.model, train, agent, cfg,
+        st.run(f"baselines/{m}", lambda: runners.text_grpo(at("base"), train, agent, cfg,
                                                            at("baselines", m), target, progress),
                timing=m, what=f"baseline: {m} (env-step budget {target['env_steps']})")
         models[m] = at("baselines", m)
@@ -191,7 +191,7 @@ def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
                 held = held_out_pool(cfg.eval.levels, preset.generator, ex.seed,
                                      demo_levels=max(1, tx.base.demo_levels),
                                      train_levels=cfg.stage1.train_levels, pools=(demo, train))
-            policy = zero if name == "zero-shot" else runners.text_policy(d, tx.model)
+            policy = runners.text_policy(d, tx)         # (zero-shot: d is text.model itself)
             st.run(stage, lambda: runners.evaluate(agent, policy, held.level, cfg, eval_key(ex.seed),
                                                    at("eval", name), progress),
                    timing=f"eval_{name}", what=f"eval: {name}")

@@ -23,6 +23,7 @@ from leafe_jax.interfaces.symbolic.pretrain import pretrain_base_policy
 from leafe_jax.leafe.diagnostics import (branch_starts, compliance, first_success_cost, interrupted,
                                          root_length)
 from leafe_jax.leafe.distill import stage2_examples
+from leafe_jax.policy.config import dtype_pair
 from leafe_jax.leafe.explore import explore
 from leafe_jax.leafe.render import example_tasks, render_tree
 from leafe_jax.leafe.tree import load_tree, save_tree, solved_within, tree_stats
@@ -212,6 +213,14 @@ def early_experience(base_dir, demo, env, params, cfg: PipelineConfig, out, targ
         "target_env_steps": target["env_steps"], "policy_dir": final_dir})
 
 
+def text_mesh(tx):
+    """The mesh of the text stages (``text.mesh``); ``None`` for one device."""
+    if tuple(tx.mesh) == (1, 1, 1):
+        return None
+    from leafe_jax.sharding import make_mesh
+    return make_mesh(tuple(tx.mesh))
+
+
 def text_base(agent, tx, demo_levels, seed: int, out: str, progress: bool) -> None:
     """The text base policy: the pretrained model, BC-warmed on the demo pool unless
     ``text.base.demo_levels`` is 0 (then ``base/`` only names the model)."""
@@ -220,34 +229,38 @@ def text_base(agent, tx, demo_levels, seed: int, out: str, progress: bool) -> No
     if tx.base.demo_levels == 0:
         write_json(os.path.join(out, "model.json"), {"model": tx.model, "warm_up": False})
         return
-    policy = load_text_policy(tx.model)
+    mesh = text_mesh(tx)
+    policy = load_text_policy(tx.model, mesh=mesh, dtype=tx.dtype)
     warm_up(agent, policy, demo_levels, tx.base, out, seed=seed, key=jax.random.key(seed + TEXT_KEY),
-            progress=progress)
+            progress=progress, mesh=mesh)
 
 
-def text_policy(stage_dir: str, model: str):
+def text_policy(stage_dir: str, tx, dtype: str | None = None):
     """The text policy a stage left (``checkpoints/`` + ``tokenizer/``), or the pretrained
-    ``model`` where the stage trained nothing (a zero-shot base)."""
+    ``text.model`` where the stage trained nothing (a zero-shot base); on ``text.mesh``, in
+    ``dtype`` (default ``text.dtype``)."""
     from leafe_jax.interfaces.text.pretrain import load_text_policy
     d = policy_dir(stage_dir)
-    return load_text_policy(d if os.path.isdir(os.path.join(d, "checkpoints")) else model)
+    return load_text_policy(d if os.path.isdir(os.path.join(d, "checkpoints")) else tx.model,
+                            mesh=text_mesh(tx), dtype=dtype or tx.dtype)
 
 
-def text_sft(base_dir: str, model: str, data_dir: str, cfg: PipelineConfig, out: str,
+def text_sft(base_dir: str, data_dir: str, cfg: PipelineConfig, out: str,
              progress: bool, from_tree: bool = True) -> None:
     """A Stage-2 variant of the text policy: the base fine-tuned on chat examples (loss on the
     response tokens), saved with its tokenizer."""
     from leafe_jax.interfaces.text.pretrain import save_tokenizer
-    policy = text_policy(base_dir, model)
+    policy = text_policy(base_dir, cfg.text)
     save_tokenizer(policy.tokenizer, out)
     finetune(policy.model, data_dir, cfg.stage2.sft, out, seed=cfg.experiment.seed, progress=progress,
+             mesh=text_mesh(cfg.text),
              max_targets=read_json(os.path.join(data_dir, "stats.json"))["max_targets"],
              source_coefs=cfg.stage2.distill.source_coefs() if from_tree else None,
              meta={"model": policy.model.cfg.to_dict(), "source": policy.name, "tokenizer": "tokenizer",
                    "agent": "text", "base": base_dir, "data": data_dir})
 
 
-def text_grpo(base_dir: str, model: str, train, agent, cfg: PipelineConfig, out: str, target: dict,
+def text_grpo(base_dir: str, train, agent, cfg: PipelineConfig, out: str, target: dict,
               progress: bool, minibatch_sequences: int = 4) -> None:
     """GRPO of the text policy (``baselines.text_grpo``) at LEAFE's env-step budget (rollout
     batches sized by the base's root length, as the symbolic GRPO). A rollout batch makes
@@ -259,17 +272,22 @@ def text_grpo(base_dir: str, model: str, train, agent, cfg: PipelineConfig, out:
     g = cfg.baselines.grpo
     per_batch = g.tasks_per_step * g.group_size * target["root_len"]
     steps = max(1, round(target["env_steps"] / per_batch)) if cfg.baselines.match_budget else g.steps
-    policy = text_policy(base_dir, model)
-    ref = text_policy(base_dir, model).model
+    policy = text_policy(base_dir, cfg.text)
+    # the frozen reference: bf16-mixed computes in bfloat16, so bfloat16 weights give the same
+    # log-probs at half the memory
+    _, cd = dtype_pair(cfg.text.dtype)
+    ref = text_policy(base_dir, cfg.text, dtype="bfloat16" if cd == "bfloat16" else None).model
     updates = max(1, round(steps * g.epochs * per_batch / minibatch_sequences))
     opt = create_optimizer(policy.model, OptimConfig(learning_rate=g.learning_rate,
-                                                     warmup_steps=updates // 10, total_steps=updates))
+                                                     warmup_steps=updates // 10, total_steps=updates),
+                           text_mesh(cfg.text))
     save_tokenizer(policy.tokenizer, out)
     final = train_text_grpo(agent, policy, ref, train.level, g, opt, steps, out,
                             key=jax.random.key(cfg.experiment.seed + GRPO_KEY), progress=progress,
                             meta={"model": policy.model.cfg.to_dict(), "source": policy.name,
                                   "tokenizer": "tokenizer", "agent": "text", "base": base_dir},
-                            minibatch_sequences=minibatch_sequences, ckpt_every=max(1, steps // 2))
+                            minibatch_sequences=minibatch_sequences, ckpt_every=max(1, steps // 2),
+                            mesh=text_mesh(cfg.text))
     write_json(os.path.join(out, "budget.json"), {
         "env_steps": _metric_sum(out, "env_steps"), "tokens": _metric_sum(out, "tokens_sampled"),
         "rollout_batches": steps, "optimizer_steps_planned": updates,

@@ -105,16 +105,21 @@ DTYPE_POLICIES = {
 }
 
 
-def with_dtype_policy(cfg: ModelConfig, policy: str | None = None, platform: str | None = None):
-    """``cfg`` with (param_dtype, dtype) from a named policy; ``None`` picks by platform
+def dtype_pair(policy: str | None = None, platform: str | None = None) -> tuple[str, str]:
+    """``(param_dtype, dtype)`` of a named policy; ``None`` or ``"auto"`` picks by platform
     (``float32`` on CPU, ``bf16-mixed`` on TPU/GPU)."""
-    if policy is None:
+    if policy in (None, "auto"):
         import jax
         platform = platform or jax.default_backend()
         policy = "float32" if platform == "cpu" else "bf16-mixed"
     if policy not in DTYPE_POLICIES:
-        raise ValueError(f"unknown dtype policy {policy!r}; known: {', '.join(DTYPE_POLICIES)}")
-    pd, cd = DTYPE_POLICIES[policy]
+        raise ValueError(f"unknown dtype policy {policy!r}; known: auto, {', '.join(DTYPE_POLICIES)}")
+    return DTYPE_POLICIES[policy]
+
+
+def with_dtype_policy(cfg: ModelConfig, policy: str | None = None, platform: str | None = None):
+    """``cfg`` with (param_dtype, dtype) from a named policy (``dtype_pair``)."""
+    pd, cd = dtype_pair(policy, platform)
     return cfg.replace(param_dtype=pd, dtype=cd)
 
 

@@ -17,7 +17,7 @@ import os
 
 import numpy as np
 
-from leafe_jax.policy.config import ModelConfig
+from leafe_jax.policy.config import ModelConfig, dtype_pair
 from leafe_jax.policy.hf import CheckpointError, place_weights
 
 ARCHITECTURES = ("llama", "qwen2")
@@ -79,6 +79,7 @@ def config_from_gguf(r, *, path: str = "", name: str | None = None, dtype: str =
     heads = int(m("attention.head_count"))
     hidden = int(m("embedding_length"))
     tensors = {t.name for t in r.tensors}
+    pd, cd = dtype_pair(dtype)              # a dtype policy name (float32, bf16-mixed, bfloat16)
     vocab = metadata(r, f"{arch}.vocab_size", -1, path=path)
     if vocab == -1:
         vocab = len(r.fields["tokenizer.ggml.tokens"].data)
@@ -90,7 +91,7 @@ def config_from_gguf(r, *, path: str = "", name: str | None = None, dtype: str =
                        rope_theta=float(m("rope.freq_base", 10000.0)), rope_scaling=None,
                        rms_norm_eps=float(m("attention.layer_norm_rms_epsilon", 1e-6)),
                        qkv_bias=arch == "qwen2", tie_embeddings="output.weight" not in tensors,
-                       max_seq_len=int(m("context_length", 2048)), param_dtype=dtype, dtype=dtype)
+                       max_seq_len=int(m("context_length", 2048)), param_dtype=pd, dtype=cd)
 
 
 def unpermute(w: np.ndarray, n_heads: int) -> np.ndarray:

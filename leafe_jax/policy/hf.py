@@ -15,7 +15,7 @@ import numpy as np
 from flax import nnx
 
 from leafe_jax.policy import safetensors_io as st
-from leafe_jax.policy.config import ModelConfig, RopeScaling
+from leafe_jax.policy.config import ModelConfig, RopeScaling, dtype_pair
 from leafe_jax.policy.model import Transformer, abstract_model
 from leafe_jax.sharding import single_device_mesh
 
@@ -57,7 +57,8 @@ def config_from_hf(hf: dict, *, name: str = "hf", dtype: str | None = None) -> M
     heads = hf["num_attention_heads"]
     qkv_bias = mt == "qwen2" or bool(hf.get("attention_bias", False))
     tdt = hf.get("torch_dtype", hf.get("dtype", "float32"))
-    dt = dtype or ("bfloat16" if tdt == "bfloat16" else "float32")
+    dt = "bfloat16" if tdt == "bfloat16" else "float32"
+    pd, cd = dtype_pair(dtype) if dtype else (dt, dt)      # a dtype policy name, or the file's
     return ModelConfig(name=name, vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
                        intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
                        num_heads=heads, num_kv_heads=hf.get("num_key_value_heads", heads),
@@ -65,7 +66,7 @@ def config_from_hf(hf: dict, *, name: str = "hf", dtype: str | None = None) -> M
                        rms_norm_eps=hf.get("rms_norm_eps", 1e-6), qkv_bias=qkv_bias,
                        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
                        max_seq_len=hf.get("max_position_embeddings", 2048),
-                       param_dtype=dt, dtype=dt)
+                       param_dtype=pd, dtype=cd)
 
 
 def config_to_hf(cfg: ModelConfig, model_type: str) -> dict:

@@ -19,7 +19,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
-from leafe_jax.policy.config import ModelConfig
+from leafe_jax.policy.config import ModelConfig, with_dtype_policy
 from leafe_jax.policy.hf import save_hf
 from leafe_jax.policy.model import create_model
 
@@ -143,9 +143,11 @@ class Checkpointer:
         self.manager.close()
 
 
-def load_policy(workdir: str):
+def load_policy(workdir: str, *, mesh=None, dtype: str | None = None):
     """The policy saved in ``workdir/checkpoints`` (latest step), rebuilt from the checkpoint's
-    metadata; returns ``(model, meta)``. Errors name the directory and the step."""
+    metadata onto ``mesh`` (default: one device), in the dtype policy ``dtype`` (default: as
+    saved; the arrays are cast on restore); returns ``(model, meta)``. Errors name the
+    directory and the step."""
     ckdir = os.path.join(workdir, "checkpoints")
     if not os.path.isdir(ckdir):
         hint = ""
@@ -164,7 +166,9 @@ def load_policy(workdir: str):
             cfg = ModelConfig.from_dict(meta["model"])
         except (TypeError, KeyError, ValueError) as e:
             raise ValueError(f"{ckdir}: checkpoint step {meta['step']} has a malformed model config: {e}") from None
-        model = create_model(cfg)
+        if dtype is not None:
+            cfg = with_dtype_policy(cfg, dtype)
+        model = create_model(cfg, mesh=mesh)
         ck.restore(model)
     finally:
         ck.close()
@@ -186,7 +190,11 @@ def export_policy(workdir: str, out: str, *, fmt: str = "params", step: int | No
         else:
             if step is not None:
                 ck.restore(model, step=step)
-            save_hf(model, out, model_type="llama")
+            save_hf(model, out, model_type="qwen2" if model.cfg.qkv_bias else "llama")
+            tok = meta.get("tokenizer")         # a text policy keeps its tokenizer beside it
+            if tok and os.path.isdir(os.path.join(workdir, tok)):
+                from leafe_jax.policy.tokenizer import Tokenizer
+                Tokenizer.from_hf(os.path.join(workdir, tok)).save(out)
     finally:
         ck.close()
     return meta["step"] if step is None else step

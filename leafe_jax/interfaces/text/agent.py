@@ -70,6 +70,13 @@ class TextSokoban:
         if self.params is None:
             object.__setattr__(self, "params", self.env.default_params)
         object.__setattr__(self, "fmt", ChatFormat(self.tokenizer))
+        # the longest canonical answer (+ end of turn) must fit the response budget, or every
+        # demonstration and every well-formed answer would be cut before its </action>
+        need = max(len(self.tokenizer.encode(F.ANSWER.format(action=a))) for a in F.ACTIONS) + 1
+        if self.cfg.max_new_tokens < need:
+            raise ValueError(f"text.format.max_new_tokens = {self.cfg.max_new_tokens} cannot hold "
+                             f"an answer: '{F.ANSWER.format(action=F.ACTIONS[0])}' and the end of "
+                             f"the turn take up to {need} tokens of this tokenizer")
 
     # ------------------------------------------------------------------ rendering
     def turn_text(self, ep: TextEpisode, r: int, t: int, *, with_experience: bool = True) -> str:

@@ -121,20 +121,41 @@ def save_tokenizer(tok, workdir: str) -> None:
     tok.save(os.path.join(workdir, "tokenizer"))
 
 
-def load_text_policy(path: str) -> LMPolicy:
+def load_text_policy(path: str, *, mesh=None, dtype: str | None = None) -> LMPolicy:
     """A warmed-up text policy (a directory with ``checkpoints/`` and ``tokenizer/``), or a
-    pretrained model by name / path (the zero-shot base)."""
+    pretrained model by name / path (the zero-shot base), placed on ``mesh`` (episodes over
+    its batch axes, weights by the model's sharding rules) in the dtype policy ``dtype``
+    (``auto``: by platform; ``None``: a checkpoint as saved, a pretrained model in float32)."""
     from leafe_jax.policy.pretrained import load_pretrained
-    from leafe_jax.policy.tokenizer import Tokenizer
     from leafe_jax.train.checkpoint import load_policy
     if os.path.isdir(os.path.join(path, "checkpoints")):
-        model, meta = load_policy(path)
-        tok_dir = os.path.join(path, meta.get("tokenizer", "tokenizer"))
-        if not os.path.isdir(tok_dir):
-            raise FileNotFoundError(f"{path}: a text policy without its tokenizer ({tok_dir})")
-        return LMPolicy(model, Tokenizer.from_hf(tok_dir), name=meta.get("source", path))
-    model, tok = load_pretrained(path)
-    return LMPolicy(model, tok, name=path)
+        model, meta = load_policy(path, mesh=mesh, dtype=dtype)
+        return LMPolicy(model, _checkpoint_tokenizer(path, meta), name=meta.get("source", path), mesh=mesh)
+    model, tok = load_pretrained(path, mesh=mesh, dtype=dtype or "float32")
+    return LMPolicy(model, tok, name=path, mesh=mesh)
+
+
+def _checkpoint_tokenizer(path: str, meta: dict):
+    from leafe_jax.policy.tokenizer import Tokenizer
+    tok_dir = os.path.join(path, meta.get("tokenizer", "tokenizer"))
+    if not os.path.isdir(tok_dir):
+        raise FileNotFoundError(f"{path}: a text policy without its tokenizer ({tok_dir})")
+    return Tokenizer.from_hf(tok_dir)
+
+
+def load_text_tokenizer(path: str):
+    """The tokenizer of what ``load_text_policy(path)`` would load, without its weights."""
+    from leafe_jax.policy.pretrained import resolve
+    from leafe_jax.policy.tokenizer import Tokenizer
+    from leafe_jax.train.checkpoint import Checkpointer
+    if os.path.isdir(os.path.join(path, "checkpoints")):
+        ck = Checkpointer(os.path.join(path, "checkpoints"))
+        try:
+            return _checkpoint_tokenizer(path, ck.metadata())
+        finally:
+            ck.close()
+    local = resolve(path)
+    return Tokenizer.from_gguf(local) if local.endswith(".gguf") else Tokenizer.from_hf(local)
 
 
 def warm_up(agent, policy: LMPolicy, demo: Level, cfg: TextPretrainConfig, workdir: str, *,
