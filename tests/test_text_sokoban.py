@@ -328,6 +328,46 @@ def test_sft_examples_mask_exactly_the_responses(agent, tok, roots):
         assert mask[-1] and not mask[: len(toks) - int(mask.sum())].any()
 
 
+def _with_turn(agent, tok, one, t: int, response: str, experience: str | None):
+    """Episode ``one`` with turn t's response and (shown from t) experience replaced."""
+    one = jax.tree.map(np.array, one)
+    ids = tok.encode(response)
+    one.response[t] = 0
+    one.response[t, : len(ids)] = ids
+    one.response_len[t] = len(ids)
+    one.experience[:] = 0
+    one.exp_from[:] = -1
+    if experience is not None:
+        e, _ = agent.fmt.experience_ids(experience, one.experience.shape[-1])
+        one.experience[0], one.exp_from[0] = e, t
+    return one
+
+
+def test_e2p_quotes_and_action_only(agent, tok, roots):
+    """Hand-written turns: reasoning that repeats four words of the experience quotes it,
+    other reasoning does not, a bare answer has no reasoning (None); ``action_only``
+    replaces the response by its bare <action>word</action>."""
+    s, out = roots
+    ep = out.episodes
+    r = int(np.argmax(ep.valid[:, 0]))
+    one = jax.tree.map(lambda x: x[r], ep)
+    lesson = "Pushing the box down froze it; push it left instead."
+    word = F.ACTIONS[int(one.actions[0])]
+    cases = [(f"<think>It says push it left instead.</think><action>{word}</action>", lesson, True),
+             (f"<think>The box is near the wall, so I go around.</think><action>{word}</action>", lesson, False),
+             (f"<think>Push it LEFT instead!</think><action>{word}</action>", "push it left instead", True),
+             (f"<action>{word}</action>", lesson, None),
+             (f"<think>push it left instead</think><action>{word}</action>", None, None)]
+    for resp, exp, want in cases:
+        assert agent.quotes_experience(_with_turn(agent, tok, one, 0, resp, exp), 0) is want, resp
+    long = _with_turn(agent, tok, one, 0, cases[0][0], lesson)
+    (full, fm), = agent.sft_examples(long, 0, 0)
+    (bare, bm), = agent.sft_examples(long, 0, 0, action_only=True)
+    assert tok.decode(full[fm]) == cases[0][0] + "<|im_end|>"
+    assert tok.decode(bare[bm]) == f"<action>{word}</action><|im_end|>"
+    np.testing.assert_array_equal(full[~fm], bare[~bm])        # the same prompt
+
+
 def test_interrupt_cuts_after_the_deadlock(agent, roots):
     s, out = roots
     ep = out.episodes
@@ -358,6 +398,10 @@ def test_explore_with_the_text_agent(agent, tok, levels):
     assert (tree.valid.sum(1) <= 4).all()
     recs, st = stage2_examples(agent, tree, DistillConfig())
     assert st["e2p"] > 0 and st["rehearsal"] > 0
+    assert st["e2p_with_reasoning"] == st["e2p_quoting"] == 0        # bare answers: nothing to quote
+    bare, _ = stage2_examples(agent, tree, DistillConfig(e2p_action_only=True))
+    for a, b in zip(recs.tokens, bare.tokens):                       # already bare: the same
+        np.testing.assert_array_equal(a, b)
     for toks, m, src in zip(recs.tokens, recs.loss_mask, recs.source):
         text = tok.decode(toks)
         assert "Lessons from your earlier attempts" not in text
@@ -381,7 +425,15 @@ def test_pipeline_stages_run_the_scripted_text_agent(agent, tok, levels, tmp_pat
     assert st["successful_branches"] > 0 and st["compliance"]["branches"] > 0
     assert "p_repeat_with_experience" not in st["compliance"]        # a script cannot be scored
     assert 0 <= st["branch_starts"]["start_unsolvable"] <= 1
-    assert json.load(open(tmp_path / "rollback_self" / "stats.json"))["reflector"]["asked"] > 0
+    self_st = json.load(open(tmp_path / "rollback_self" / "stats.json"))
+    assert self_st["reflector"]["asked"] > 0
+    # the model's reflection tokens, per task, count in its budget (the rule-based one has none)
+    assert len(self_st["task_reflection_tokens"]) == 8
+    assert sum(self_st["task_reflection_tokens"]) == self_st["reflector"]["generated_tokens"] > 0
+    assert "task_reflection_tokens" not in st
+    from leafe_jax.pipeline.report import _tokens_cell
+    r = self_st["reflector"]["generated_tokens"]
+    assert _tokens_cell(self_st) == f"{self_st['tokens']} + {r} reflection = {self_st['tokens'] + r}"
     se = st["session"]
     assert se["turns"] >= st["env_steps"] and 0 < se["invalid"] < se["turns"]     # (+ the tests' roots)
     runners.dataset(agent, str(tmp_path / "rollback"), "leafe", cfg, str(tmp_path / "data"))

@@ -36,6 +36,9 @@ class DistillConfig:
     beta: float = field(1.0, lo=0, doc="weight of rehearsal examples (L = L_e2p + beta L_reh)")
     dedupe: bool = True
     changed_only: bool = field(True, doc="e2p only where a'_tau differs from the parent's a_tau")
+    e2p_action_only: bool = field(False, doc="text agent: an e2p target keeps only its "
+                                  "<action>...</action> (the reasoning, which may quote the "
+                                  "experience, dropped); a symbolic action is its own answer")
     loss: str = field("per_dataset", choices=("per_dataset", "pooled"),
                       doc="per-dataset means (the paper's L_e2p + beta L_reh) or one pooled mean")
 
@@ -58,12 +61,15 @@ def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: boo
     seen = set()
     stats = {"successful_roots": 0, "successful_branches": 0, "rehearsal": 0, "e2p": 0,
              "duplicates": 0, "e2p_same_action": 0}
+    quoting = hasattr(interface, "quotes_experience")
+    if quoting:         # how often a'_tau's reasoning repeats the experience it was shown
+        stats |= {"e2p_with_reasoning": 0, "e2p_quoting": 0}
 
-    def encode(one, first, last) -> list:
+    def encode(one, first, last, action_only=False) -> list:
         """The interface's examples for steps first..last: one sequence, or one per turn
         where an interface's turns are separate prompts (``sft_examples``)."""
         if hasattr(interface, "sft_examples"):
-            return interface.sft_examples(one, first, last)
+            return interface.sft_examples(one, first, last, action_only=action_only)
         return [interface.sft_example(one, first, last)]
 
     def add(examples, source, w, b, s):
@@ -94,7 +100,10 @@ def stage2_examples(interface, tree: Tree, cfg: DistillConfig, *, rehearsal: boo
                 stats["e2p_same_action"] += 1
                 continue
             last = n_act - 1 if cfg.e2p_suffix else tau
-            add(encode(one, tau, last), "e2p", 1.0, b, tau)
+            if quoting and (q := interface.quotes_experience(one, tau)) is not None:
+                stats["e2p_with_reasoning"] += 1
+                stats["e2p_quoting"] += int(q)
+            add(encode(one, tau, last, cfg.e2p_action_only), "e2p", 1.0, b, tau)
     if not toks:
         return None, stats
     return SftRecords.build(toks, masks, source=src, weight=np.asarray(weight, np.float32),

@@ -289,6 +289,8 @@ def explore(interface, policy, tasks, key, cfg: ExploreConfig, strategy: str = "
     st.expand(search, reflect)
     if stats is not None and hasattr(reflect, "stats"):
         stats["reflector"] = dict(reflect.stats)
+    if stats is not None and hasattr(reflect, "task_tokens"):  # a model reflecting: its tokens
+        stats["task_reflection_tokens"] = np.asarray(reflect.task_tokens).tolist()
     if stats is not None and hasattr(session, "stats"):      # e.g. the text agent's turns
         stats["session"] = dict(session.stats) | {k: round(v, 3) for k, v in
                                                    getattr(session, "timing", {}).items()}

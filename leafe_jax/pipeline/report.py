@@ -33,7 +33,7 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
               "branches / task | depth reached | successful branches |", "|---|---|---|---|---|---|---|"]
     for k, st in s1.items():
         sw = " / ".join(f"{100 * x:.1f}" for x in st["solved_within_k"])
-        lines.append(f"| {k} | {sw} | {st['env_steps']} | {st['tokens']} | "
+        lines.append(f"| {k} | {sw} | {st['env_steps']} | {_tokens_cell(st)} | "
                      f"{st['branches_per_task']:.2f} | {st['max_depth_reached']} | "
                      f"{st['successful_branches']} ({100 * st['branch_success_rate']:.1f} %) |")
     lines += _per_cost(s1) + _compliance(s1) + _branch_starts(s1) + _following(at("base", "following.json"))
@@ -93,7 +93,17 @@ def _text_reflector(r: dict) -> str:
         return ""
     return (f", {r['ok']} parsed, {r['none']} 'no rollback', {r['out_of_range']} naming a step "
             f"outside the rollout; {r['generated_tokens']} reflection tokens generated over "
-            f"{r['prompt_tokens']} prompt tokens (not in the table's policy tokens)")
+            f"{r['prompt_tokens']} prompt tokens (the table's '+ ... reflection' tokens)")
+
+
+def _reflection_tokens(st: dict) -> int:
+    """Tokens a model wrote reflecting (the self-reflector); 0 for a rule-based reflector."""
+    return int(sum(st.get("task_reflection_tokens", ())))
+
+
+def _tokens_cell(st: dict) -> str:
+    r = _reflection_tokens(st)
+    return f"{st['tokens']}" + (f" + {r} reflection = {st['tokens'] + r}" if r else "")
 
 
 def _per_cost(s1: dict) -> list[str]:
@@ -105,13 +115,13 @@ def _per_cost(s1: dict) -> list[str]:
     lines = ["", "Per interaction cost (a task's env steps and policy tokens up to its first "
              "success):", "", "| strategy | solved within E env steps per task: "
              + " / ".join(f"E = {e}" for e in grid) + " | solved per 1k env steps | "
-             "solved per 1M tokens |", "|---|---|---|---|"]
+             "solved per 1M tokens (reflection tokens included) |", "|---|---|---|---|"]
     for k, st in s1.items():
         solved = np.asarray(st["task_solved"], bool)
         cost = {"solved": solved, "env_steps": np.asarray(st["task_env_steps"])}
         within = " / ".join(f"{100 * x:.1f}" for x in solved_within_env_steps(cost, grid))
         lines.append(f"| {k} | {within} | {1e3 * solved.sum() / max(1, st['env_steps']):.2f} | "
-                     f"{1e6 * solved.sum() / max(1, st['tokens']):.1f} |")
+                     f"{1e6 * solved.sum() / max(1, st['tokens'] + _reflection_tokens(st)):.1f} |")
     return lines
 
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 
 import jax
 import jax.numpy as jnp
@@ -54,6 +55,10 @@ from leafe_jax.interfaces.text.session import ORACLE_REFLECTOR, SELF_REFLECTOR, 
 
 __all__ = ["TextSokoban", "TextSession", "TextEpisode", "ChatFormat", "truncate",
            "SELF_REFLECTOR", "ORACLE_REFLECTOR"]
+
+
+def _words(text: str) -> list[str]:
+    return re.findall(r"[a-z0-9']+", text.lower())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,24 +159,50 @@ class TextSokoban:
         return (p / p.sum(1, keepdims=True)).astype(np.float32)
 
     # ------------------------------------------------------------------ Stage-2 data
-    def sft_examples(self, episode, first: int, last: int) -> list:
+    def sft_examples(self, episode, first: int, last: int, *, action_only: bool = False) -> list:
         """One (tokens, loss_mask) per turn first..last: the whole prompt of turn t rendered
         *without* experiences, then the response of turn t and the end-of-turn token (the
         loss covers exactly those). Turns whose answer was invalid (no admissible action
         parsed) are left out: a successful trajectory's no-op answers teach nothing but the
-        wrong format."""
+        wrong format. ``action_only``: the response replaced by its bare
+        ``<action>word</action>`` (the thinking, which may quote the experience, dropped)."""
         one = jax.tree.map(lambda x: np.asarray(x)[None], episode)
         out = []
         for t in range(first, last + 1):
             if not episode.valid[t]:
                 continue
             prompt = self.fmt.prefix_ids + self.fmt.ids(self.turn_text(one, 0, t, with_experience=False))
-            resp = [int(i) for i in episode.response[t, : int(episode.response_len[t])]] + self.fmt.end_ids
+            if action_only:
+                body = self.tokenizer.encode(F.ANSWER.format(action=F.ACTIONS[int(episode.actions[t])]))
+            else:
+                body = [int(i) for i in episode.response[t, : int(episode.response_len[t])]]
+            resp = body + self.fmt.end_ids
             toks = np.asarray(prompt + resp, np.int32)
             mask = np.zeros(len(toks), bool)
             mask[len(prompt):] = True
             out.append((toks, mask))
         return out
+
+    def quotes_experience(self, episode, t: int, min_words: int = 4) -> bool | None:
+        """Whether turn t's reasoning (the response outside ``<action>...</action>``) repeats
+        an experience shown at t: a run of ``min_words`` words in common (the whole
+        experience if it is shorter). ``None`` when there is no reasoning to quote with
+        (thinking off) or no experience shown."""
+        text = self.tokenizer.decode(episode.response[t, : int(episode.response_len[t])],
+                                     skip_special=True)
+        text = re.sub(r"<action>.*?(</action>|$)", " ", text, flags=re.S | re.I)
+        reasoning = _words(re.sub(r"</?think>", " ", text, flags=re.I))
+        shown = [self.fmt.experience_text(episode.experience[k])
+                 for k in range(episode.exp_from.shape[0]) if 0 <= episode.exp_from[k] <= t]
+        if not reasoning or not shown:
+            return None
+        have = {tuple(reasoning[i: i + n]) for n in range(1, min_words + 1)
+                for i in range(len(reasoning) - n + 1)}
+        for e in map(_words, shown):
+            n = min(min_words, len(e))
+            if n and any(tuple(e[i: i + n]) in have for i in range(len(e) - n + 1)):
+                return True
+        return False
 
     def sft_example(self, episode, first: int, last: int):
         """The protocol's single sequence: one turn (``first == last``); a text episode's

@@ -16,7 +16,8 @@ class SelfReflector:
     samples per failed episode, the distinct valid ones (by tau) kept in order. Answers that
     do not parse, name a step outside the rollout's own steps, or say no rollback is
     needed are counted in ``stats`` and give no candidate - never replaced by another
-    reflector's answer."""
+    reflector's answer. ``task_tokens`` [tasks]: the reflection tokens each task's failures
+    cost (the model writes them: they are part of LEAFE's budget)."""
 
     def __init__(self, session, num_candidates: int, seed: int = 0):
         self.s, self.M = session, num_candidates
@@ -24,6 +25,7 @@ class SelfReflector:
         self.stats = {"episodes": 0, "asked": 0, "ok": 0, "none": 0, "malformed": 0,
                       "out_of_range": 0, "duplicate": 0, "prompt_tokens": 0, "generated_tokens": 0}
         self.calls = 0
+        self.task_tokens = np.zeros(session.num_tasks, np.int64)
 
     def prompt(self, ep: TextEpisode, r: int) -> str:
         s = self.s
@@ -55,6 +57,7 @@ class SelfReflector:
             for i, r in enumerate(rows):
                 self.stats["asked"] += 1
                 self.stats["generated_tokens"] += len(gen.tokens[i])
+                self.task_tokens[int(ep.task[r])] += len(gen.tokens[i])
                 text = s.policy.tokenizer.decode(gen.tokens[i], skip_special=True)
                 p = F.parse_reflection(text, start=int(ep.start[r]), num_steps=int(ep.num_steps[r]))
                 self.stats[p.status] += 1
