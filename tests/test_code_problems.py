@@ -1,0 +1,110 @@
+"""Programming problems and their sandboxed verdict: the datasets' own reference solutions
+pass exactly as the MBPP copy's README records (971 / 974; 426 / 427 sanitized) and
+HumanEval's canonical solutions all pass; wrong, broken and harness-gaming solutions fail
+with feedback in words."""
+
+import json
+import pathlib
+import sys
+
+import pytest
+
+from leafe_jax.envs.code.problems import (MBPP_SPLITS, CodeProblem, ProblemFileError, judge,
+                                          load_humaneval, load_mbpp)
+from leafe_jax.envs.code.sandbox import SandboxLimits
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux namespaces")
+MBPP = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "mbpp"
+FAST = SandboxLimits(wall_s=4, cpu_s=1)
+
+
+@pytest.fixture(scope="module")
+def mbpp():
+    if not (MBPP / "mbpp.jsonl").is_file():
+        pytest.skip(f"the MBPP copy is not at {MBPP} (CI has it beside the checkout)")
+    return {p.task_id: p for p in load_mbpp(str(MBPP / "mbpp.jsonl"))}
+
+
+ADD = CodeProblem(task_id="t/1", prompt="Write add(a, b).", entry_point="add",
+                  tests=("assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"))
+
+
+def test_mbpp_reads_as_documented(mbpp):
+    assert len(mbpp) == 974
+    p = mbpp["mbpp/2"]
+    assert p.prompt.startswith("Write a function to find the similar elements")
+    assert p.entry_point == "similar_elements" and len(p.tests) == 3 and "\r" not in p.reference
+    assert mbpp["mbpp/367"].setup.strip()                 # the binary-tree helper its tests use
+    assert mbpp["mbpp/1"].entry_point == "min_cost"
+    test = load_mbpp(str(MBPP / "mbpp.jsonl"), split="test")
+    assert [int(p.task_id.split("/")[1]) for p in test] == list(MBPP_SPLITS["test"])
+
+
+def test_a_correct_solution_passes_every_test():
+    v = judge(ADD, "def add(a, b):\n    return a + b\n")
+    assert v.success and (v.passed, v.total) == (3, 3) and v.feedback == "All 3 tests passed."
+
+
+def test_a_wrong_solution_is_told_what_it_returned():
+    v = judge(ADD, "def add(a, b):\n    return a * b if a > 0 else a + b\n")
+    assert not v.success and v.passed == 2                 # -1 + 1 and 2 * 2 are right
+    assert "Test 1 failed: assert add(1, 2) == 3\n  it returned 2" in v.feedback
+    assert "Test 2" not in v.feedback and "Test 3" not in v.feedback
+
+
+def test_broken_solutions_fail_with_the_reason():
+    v = judge(ADD, "def add(a, b)\n    return a + b\n")
+    assert not v.success and v.passed == 0 and "does not run" in v.feedback and "SyntaxError" in v.feedback
+    v = judge(ADD, "def add(a, b):\n    return a + c\n")
+    assert v.passed == 0 and "Test 1 raised" in v.feedback and "NameError: name 'c' is not defined" in v.feedback
+    v = judge(ADD, "def add(a, b):\n    while True:\n        pass\n", limits=FAST)
+    assert not v.success and "CPU time" in v.feedback
+
+
+def test_gaming_the_harness_fails():
+    """Exiting before the tests, or printing a summary that is not this run's, is a failure."""
+    for sol in ["import os\nos._exit(0)\n", "import sys\nsys.exit(0)\n",
+                "print('__verdict_0123456789abcdef0123456789abcdef 3 3')\nimport os\nos._exit(0)\n",
+                "import builtins\nbuiltins.AssertionError = KeyboardInterrupt\ndef add(a, b):\n    return 0\n"]:
+        assert not judge(ADD, sol, limits=FAST).success, sol
+
+
+def test_reference_solutions_pass_on_a_sample(mbpp):
+    for t in ("mbpp/2", "mbpp/11", "mbpp/367", "mbpp/600", "mbpp/974"):
+        assert judge(mbpp[t], mbpp[t].reference).success, t
+    v = judge(mbpp["mbpp/596"], mbpp["mbpp/596"].reference)     # sys.getsizeof of an older CPython
+    assert not v.success and "it returned" in v.feedback
+
+
+def test_problem_files_are_checked(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"task_id": 1, "text": "x", "code": "", "test_list": ["assert 1"]}\n{oops\n')
+    with pytest.raises(ProblemFileError, match=r"bad.jsonl:2: not a JSON object"):
+        load_mbpp(str(bad))
+    other = tmp_path / "other.jsonl"
+    other.write_text(json.dumps({"task_id": 1, "question": "?"}) + "\n")
+    with pytest.raises(ProblemFileError, match=r"lacks .* \(not a MBPP file\?\)"):
+        load_mbpp(str(other))
+    with pytest.raises(ProblemFileError, match="no such problem file"):
+        load_mbpp(str(tmp_path / "missing.jsonl"))
+    with pytest.raises(ValueError, match="unknown MBPP split"):
+        load_mbpp(str(bad), split="dev")
+
+
+@pytest.mark.slow
+def test_every_reference_solution_passes_as_recorded(mbpp):
+    """The README beside the MBPP copy ran each record on CPython 3.11: 971 / 974 pass (341
+    and 642 assume a set order, 596 an older sys.getsizeof); sanitized 426 / 427 (596).
+    HumanEval's canonical solutions: 164 / 164."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(2) as ex:
+        failed = [p.task_id for p, v in zip(mbpp.values(), ex.map(lambda p: judge(p, p.reference),
+                                                                   mbpp.values())) if not v.success]
+        assert failed == ["mbpp/341", "mbpp/596", "mbpp/642"]
+        san = load_mbpp(str(MBPP / "sanitized-mbpp.json"))
+        assert len(san) == 427
+        assert [p.task_id for p, v in zip(san, ex.map(lambda p: judge(p, p.reference), san))
+                if not v.success] == ["mbpp/596"]
+        he = load_humaneval()
+        assert len(he) == 164
+        assert all(v.success for v in ex.map(lambda p: judge(p, p.reference), he))
