@@ -108,3 +108,29 @@ def test_every_reference_solution_passes_as_recorded(mbpp):
         he = load_humaneval()
         assert len(he) == 164
         assert all(v.success for v in ex.map(lambda p: judge(p, p.reference), he))
+
+
+def test_the_code_env_in_the_host_pool(tmp_path):
+    """CodeEnv through worker processes: a wrong first attempt is told what it returned, the
+    revision passes; a revision branched from the first attempt (reset + replay) gets the
+    same verdicts - the env is deterministic."""
+    from leafe_jax.envs.code.env import extract_code
+    from leafe_jax.envs.host.pool import EnvPool, StepRequest
+    from leafe_jax.envs.host.protocol import EnvSpec
+    f = tmp_path / "add.jsonl"
+    f.write_text(json.dumps({"task_id": 601, "text": "Write a function add(a, b).", "code": "",
+                             "test_list": list(ADD.tests), "test_setup_code": ""}) + "\n")
+    wrong = "Here:\n```python\ndef add(a, b):\n    return a * b\n```"      # only 2 * 2 is right
+    right = "```python\ndef add(a, b):\n    return a + b\n```"
+    assert extract_code(right) == "def add(a, b):\n    return a + b\n"
+    assert extract_code("def f(): pass") == "def f(): pass"
+    with EnvPool(EnvSpec("leafe_jax.envs.code.env:CodeEnv", {"path": str(f)}), 2) as pool:
+        first, = pool.step([StepRequest(0)])
+        assert "Your code should pass these tests" in first.out.observation
+        a, = pool.step([StepRequest(0, (), wrong)])
+        assert not a.out.done and a.out.reward == pytest.approx(1 / 3)
+        assert "1 of 3 tests passed" in a.out.observation and "it returned 2" in a.out.observation
+        b, c = pool.step([StepRequest(0, (wrong,), right),
+                          StepRequest(0, (wrong,), right,
+                                      expect=(first.out.observation, a.out.observation))])
+        assert b.out.won and c.out.won and {b.replay_steps, c.replay_steps} == {0, 1}
