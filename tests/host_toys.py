@@ -13,6 +13,8 @@ class Counter:
     remembers), or every time when ``always``; ``noisy`` makes reset nondeterministic."""
 
     num_tasks = 4
+    instruction = "Reach a count of 5. Actions: inc, dec.\n\n"
+    answer = "action"
 
     def __init__(self, marks: str = "", noisy: bool = False, always: bool = False):
         self.marks, self.noisy, self.always = marks, noisy, always
@@ -40,7 +42,8 @@ class Counter:
             raise RuntimeError("the env broke")
         self.n += {"inc": 1, "dec": -1}.get(action, 0)
         won = self.n >= 5
-        return StepOut(self._obs(), feedback=f"{action} done", reward=float(won), done=won, won=won)
+        return StepOut(self._obs(), feedback=f"{action} done", reward=max(0, self.n) / 5, done=won,
+                       won=won, valid_actions=("inc", "dec"))
 
     def close(self):
         pass

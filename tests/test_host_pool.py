@@ -33,6 +33,7 @@ def test_episodes_step_where_they_are_and_replay_elsewhere(pool):
                       StepRequest(3, ("inc",), "inc", expect=("count 3", "count 4"))])
     assert (c.out.observation, c.replay_steps) == ("count 3", 3)
     assert (d.out.observation, d.replay_steps, d.out.won, d.out.reward) == ("count 5", 0, True, 1.0)
+    assert c.out.reward == 3 / 5 and not c.out.won
     assert pool.stats["steps"] - before["steps"] == 4
     assert pool.stats["replay_steps"] - before["replay_steps"] == 3
 
@@ -46,6 +47,14 @@ def test_a_changed_action_sequence_is_detected(pool):
     stored = ("count 0", "count 1", "count 2")
     with pytest.raises(ReplayMismatch, match="task 0, reset \\+ replay of 2 actions .* step 2"):
         pool.step([StepRequest(0, ("inc", "dec"), "inc", expect=stored)])
+
+
+def test_replay_checks_digests_too(pool):
+    from leafe_jax.envs.host.protocol import digest
+    ok, = pool.step([StepRequest(2, ("inc",), "dec", expect=(digest("count 2"), digest("count 3")))])
+    assert ok.out.observation == "count 2"
+    with pytest.raises(ReplayMismatch, match="step 1"):
+        pool.step([StepRequest(2, ("dec",), "inc", expect=(digest("count 2"), digest("count 3")))])
 
 
 def test_a_nondeterministic_env_is_caught(tmp_path):

@@ -41,6 +41,12 @@ def task_prompt(p: CodeProblem) -> str:
 
 
 class CodeEnv:
+    instruction = (
+        "You are an expert Python programmer. Write a program that solves the task. After "
+        "each attempt you are told which tests failed and why; then answer with a revised "
+        "program. Answer with the whole program in one ```python code block.\n\n")
+    answer = "code"
+
     def __init__(self, source: str = "mbpp", path: str | None = None, split: str | None = None,
                  limit: int | None = None, wall_s: float = 10.0, cpu_s: int = 5, memory_mb: int = 512):
         if source == "mbpp":

@@ -26,7 +26,7 @@ import time
 import traceback
 from multiprocessing.connection import wait
 
-from leafe_jax.envs.host.protocol import EnvSpec, StepOut
+from leafe_jax.envs.host.protocol import EnvSpec, StepOut, digest
 
 
 class ReplayMismatch(RuntimeError):
@@ -38,7 +38,9 @@ class StepRequest:
     task: int
     history: tuple[str, ...] = ()         # actions the episode has already taken
     action: str | None = None             # the action to take now (None: the first observation)
-    expect: tuple[str, ...] | None = None  # stored observations after reset and each history action
+    # stored observations after reset and each history action: the texts, or their
+    # ``protocol.digest`` (what an episode record keeps)
+    expect: tuple[str | int, ...] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +49,10 @@ class StepResult:
     replay_steps: int = 0                 # env steps spent re-reaching the history
     restarts: int = 0                     # worker restarts this request needed
     error: str | None = None
+
+
+def _same(want, got: str) -> bool:
+    return digest(got) == want if isinstance(want, int) else got == want
 
 
 def _worker(conn, spec: EnvSpec) -> None:
@@ -68,13 +74,13 @@ def _worker(conn, spec: EnvSpec) -> None:
             replayed = 0
             if reset:
                 out = env.reset(task)
-                if expect is not None and expect and out.observation != expect[0]:
+                if expect is not None and expect and not _same(expect[0], out.observation):
                     conn.send(("mismatch", 0, expect[0], out.observation))
                     continue
                 for i, a in enumerate(history):
                     out = env.step(a)
                     replayed += 1
-                    if expect is not None and i + 1 < len(expect) and out.observation != expect[i + 1]:
+                    if expect is not None and i + 1 < len(expect) and not _same(expect[i + 1], out.observation):
                         conn.send(("mismatch", i + 1, expect[i + 1], out.observation))
                         break
                 else:
@@ -177,7 +183,7 @@ class EnvPool:
                     raise ReplayMismatch(
                         f"{self.spec.factory}: task {requests[i].task}, reset + replay of "
                         f"{len(requests[i].history)} actions gave another observation at step "
-                        f"{step}:\n--- stored\n{want[:500]}\n--- replayed\n{got[:500]}")
+                        f"{step}:\n--- stored\n{str(want)[:500]}\n--- replayed\n{got[:500]}")
                 else:                      # crashed, hung, or the env raised
                     self._restart(w)
                     restarts[i] += 1

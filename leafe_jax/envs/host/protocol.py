@@ -8,7 +8,14 @@ worker processes and is what the agent loop talks to.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Protocol
+
+
+def digest(observation: str) -> int:
+    """A 63-bit digest of an observation (what an episode record keeps to check a replay)."""
+    return int.from_bytes(hashlib.sha1(observation.encode("utf-8", "surrogateescape")).digest()[:8],
+                          "little") >> 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +37,17 @@ class HostEnv(Protocol):
     * ``step(action) -> StepOut``: one action in the env's own text form.
     * ``num_tasks``: how many tasks there are.
     * ``close()``: release what the env holds (a JVM, files).
+    * optional ``demonstration(task) -> [action, ...]``: a gold action sequence (the BC
+      warm-up); it resets the env.
+
+    Class attributes the text agent reads without building the env: ``instruction`` (what
+    the game is and what an action looks like: the shared prompt prefix) and ``answer``
+    (``"action"``: the action is the text inside ``<action>...</action>``; ``"code"``: the
+    whole answer is the action, e.g. a program in a code block).
     """
     num_tasks: int
+    instruction: str
+    answer: str
 
     def reset(self, task: int) -> StepOut: ...
 
@@ -47,9 +63,16 @@ class EnvSpec:
     factory: str                  # "package.module:callable"
     kwargs: dict = dataclasses.field(default_factory=dict)
 
-    def make(self) -> HostEnv:
+    def resolve(self):
+        """The factory itself (importing its module; nothing is built)."""
         import importlib
         mod, _, name = self.factory.partition(":")
         if not name:
             raise ValueError(f"EnvSpec.factory {self.factory!r} must be 'module:callable'")
-        return getattr(importlib.import_module(mod), name)(**self.kwargs)
+        try:
+            return getattr(importlib.import_module(mod), name)
+        except (ImportError, AttributeError) as e:
+            raise ValueError(f"EnvSpec.factory {self.factory!r}: {e}") from None
+
+    def make(self) -> HostEnv:
+        return self.resolve()(**self.kwargs)

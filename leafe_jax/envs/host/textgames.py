@@ -29,6 +29,14 @@ class ScienceWorld:
     ``variations`` (the first that many of each task's split) choose them. Won at score
     100; done also when the task fails (score < 0) or the env's step limit is reached."""
 
+    instruction = (
+        "You are an agent in ScienceWorld, a text simulation of a house with rooms, objects, "
+        "substances, devices and living things. Each turn you read what you observe and "
+        "give one action in the simulator's own words, for example: look around, open door "
+        "to kitchen, go to kitchen, pick up thermometer, focus on water, use thermometer in "
+        "inventory on water, wait1. The score rises as you complete parts of the task.\n\n")
+    answer = "action"
+
     def __init__(self, split: str = "train", task_names: tuple[str, ...] | None = None,
                  variations: int | None = 2, simplification: str = "easy", step_limit: int = 100):
         if split not in SCIENCEWORLD_SPLITS:
@@ -78,6 +86,13 @@ class ScienceWorld:
 class TextWorldCommonsense:
     """TextWorldExpress ``twc``: put household objects where they belong. Tasks = seeds of
     a fold (``train`` / ``dev`` / ``test``); ``params`` are TWX's game parameters."""
+
+    instruction = (
+        "You are tidying up a house in a text game. Put every misplaced object where it "
+        "belongs. Each turn you read what you observe and give one action, for example: "
+        "look around, inventory, open wardrobe, take clean brown shirt, put clean brown "
+        "shirt in wardrobe, move north.\n\n")
+    answer = "action"
 
     def __init__(self, fold: str = "train", num_tasks: int = 16,
                  params: str = "numLocations=1,numItemsToPutAway=1,includeDoors=0,limitInventorySize=0",

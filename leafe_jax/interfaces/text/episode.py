@@ -57,9 +57,9 @@ class ChatFormat:
     split into a shared prefix (template head + instruction, tokenized once) and each
     turn's own ids (its text + the template tail, tokenized per turn)."""
 
-    def __init__(self, tok):
+    def __init__(self, tok, instruction: str = F.INSTRUCTION):
         mark = "\x00"
-        text = tok.render([{"role": "user", "content": F.INSTRUCTION + mark}], add_generation_prompt=True)
+        text = tok.render([{"role": "user", "content": instruction + mark}], add_generation_prompt=True)
         head, tail = text.split(mark)
         self.tok, self.tail = tok, tail
         self.prefix_ids = tok.encode(head)

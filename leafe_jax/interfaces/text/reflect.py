@@ -68,6 +68,10 @@ class SelfReflector:
                     tau[r, m] = p.tau
                     texts[(r, m)] = p.experience
         reason = np.zeros_like(tau)
-        return s._experiences(ep, tau, reason, lambda r, m, a, row, col: texts[(r, m)])
+        return s._experiences(ep, tau, reason, self.text_of(texts))
+
+    def text_of(self, texts: dict):
+        """The experience of candidate (r, m) in the session's ``_experiences`` signature."""
+        return lambda r, m, a, row, col: texts[(r, m)]
 
 
