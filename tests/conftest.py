@@ -38,3 +38,38 @@ def smollm2_path() -> str:
         return resolve("smollm2-135m-instruct")
     except FileNotFoundError as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture(scope="session")
+def tiny_text_policy(smollm2_path, tmp_path_factory) -> str:
+    """A text policy as the pipeline leaves one (``checkpoints/`` at step 3 + ``tokenizer/``):
+    a tiny random Qwen2-style model with SmolLM2's real tokenizer (its answers never parse;
+    for tests of placement and plumbing)."""
+    import os
+
+    from leafe_jax.interfaces.text.pretrain import save_tokenizer
+    from leafe_jax.policy.config import get_config
+    from leafe_jax.policy.model import create_model
+    from leafe_jax.policy.tokenizer import Tokenizer
+    from leafe_jax.train.checkpoint import Checkpointer
+    tok = Tokenizer.from_gguf(smollm2_path)
+    d = str(tmp_path_factory.mktemp("text_policy"))
+    cfg = get_config("test-tiny").replace(name="tiny-text", vocab_size=tok.vocab_size,
+                                          max_seq_len=2048, qkv_bias=True)
+    model = create_model(cfg, seed=1)
+    ck = Checkpointer(os.path.join(d, "checkpoints"))
+    ck.save(3, model, meta={"model": cfg.to_dict(), "tokenizer": "tokenizer", "source": "tiny"},
+            force=True)
+    ck.manager.wait_until_finished()
+    ck.close()
+    save_tokenizer(tok, d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_text_hf(tiny_text_policy, tmp_path_factory) -> str:
+    """``tiny_text_policy`` exported as a Hugging Face directory (a 'pretrained' model path)."""
+    from leafe_jax.train.checkpoint import export_policy
+    out = str(tmp_path_factory.mktemp("tiny_hf") / "model")
+    export_policy(tiny_text_policy, out, fmt="hf")
+    return out

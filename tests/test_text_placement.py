@@ -11,12 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from leafe_jax.interfaces.text.pretrain import load_text_policy, load_text_tokenizer, save_tokenizer
-from leafe_jax.policy.config import get_config
-from leafe_jax.policy.model import create_model
+from leafe_jax.interfaces.text.pretrain import load_text_policy, load_text_tokenizer
 from leafe_jax.policy.tokenizer import Tokenizer
 from leafe_jax.sharding import make_mesh
-from leafe_jax.train.checkpoint import Checkpointer, export_policy
+from leafe_jax.train.checkpoint import export_policy
 
 
 @pytest.fixture(scope="module")
@@ -25,19 +23,8 @@ def tok(smollm2_path):
 
 
 @pytest.fixture(scope="module")
-def policy_dir(tok, tmp_path_factory):
-    """A text policy as the pipeline leaves one: ``checkpoints/`` (step 3) + ``tokenizer/``."""
-    d = str(tmp_path_factory.mktemp("text_policy"))
-    cfg = get_config("test-tiny").replace(name="tiny-text", vocab_size=tok.vocab_size,
-                                          max_seq_len=512, qkv_bias=True)
-    model = create_model(cfg, seed=1)
-    ck = Checkpointer(os.path.join(d, "checkpoints"))
-    ck.save(3, model, meta={"model": cfg.to_dict(), "tokenizer": "tokenizer", "source": "tiny"},
-            force=True)
-    ck.manager.wait_until_finished()
-    ck.close()
-    save_tokenizer(tok, d)
-    return d
+def policy_dir(tiny_text_policy):
+    return tiny_text_policy
 
 
 def _logits(model, ids):

@@ -116,7 +116,7 @@ def rollout_batch(agent, policy, ref_model, levels, step: int, key, cfg: GRPOCon
     """One on-policy batch of turn sequences (module docstring) and its stats."""
     if cfg.shaped:
         raise ValueError("the text GRPO uses the 0/1 outcome reward only (baselines.grpo.shaped = 0)")
-    n = int(np.shape(levels.player)[0])
+    n = int(np.shape(levels.player)[0]) if hasattr(levels, "player") else len(levels)
     B, G = cfg.tasks_per_step, cfg.group_size
     task = np.repeat((np.arange(B) + step * B) % n, G)
     session = agent.session(policy, levels, max_depth=0, temperature=cfg.temperature)
@@ -131,7 +131,8 @@ def rollout_batch(agent, policy, ref_model, levels, step: int, key, cfg: GRPOCon
     del batch["episode"]
     stats = {"reward": float(reward.mean()), "success": float(ep.solved.mean()),
              "env_steps": int(out.env_steps.sum()), "tokens_sampled": int(out.tokens.sum()),
-             "invalid_rate": float((~ep.valid & ep.active).sum() / max(1, ep.active.sum()))}
+             "invalid_rate": float((~getattr(ep, "valid", getattr(ep, "stepped", None)) & ep.active).sum()
+                                   / max(1, ep.active.sum()))}
     return batch, stats
 
 

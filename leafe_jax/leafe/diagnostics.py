@@ -59,7 +59,9 @@ def compliance(interface, policy, tree: Tree, temperature: float = 1.0) -> dict:
         with_p = interface.action_distribution(policy, branch, tau, temperature)
     # a parent whose a_tau was no action at all (a text agent's invalid answer) has no
     # probability of repeating it: those branches are left out of the exact numbers
-    scored = a_old < (0 if with_p is None else with_p.shape[1])
+    if with_p is None:                  # (actions may be free text: nothing to score)
+        return out
+    scored = a_old < with_p.shape[1]
     if scored.any():
         rows = np.flatnonzero(scored)
         sub = lambda e: jax.tree.map(lambda x: x[rows], e)

@@ -28,6 +28,9 @@ from leafe_jax.envs.sokoban.presets import PRESETS as ENV_PRESETS
 from leafe_jax.eval.sweep import EvalConfig
 from leafe_jax.interfaces.symbolic.pretrain import PretrainConfig
 from leafe_jax.interfaces.symbolic.rollout import windowed
+from leafe_jax.envs.host.registry import HOST_ENVS
+from leafe_jax.envs.host.registry import SPLITS as HOST_SPLITS
+from leafe_jax.interfaces.host.format import HostTextConfig
 from leafe_jax.interfaces.text.format import TextConfig
 from leafe_jax.interfaces.text.pretrain import TextPretrainConfig
 from leafe_jax.leafe.distill import DistillConfig
@@ -57,14 +60,15 @@ VARIANTS = {"leafe": Variant(rehearsal=True, e2p=True), "rehearsal": Variant(reh
 BASELINES = ("grpo", "grpo_converged", "early_experience")
 
 
-AGENTS = ("symbolic", "text")
+AGENTS = ("symbolic", "text", "host")
 
 
 @config
 class ExperimentConfig:
     agent: str = field("symbolic", choices=AGENTS,
                        doc="symbolic: the from-scratch on-device policy; text: a pretrained "
-                           "language model acting through text ([text])")
+                           "language model acting through text ([text]); host: the same in a "
+                           "host-side environment ([host]: code, ScienceWorld, twc)")
     preset: str = field("6x6_2box", doc="Sokoban preset")
     model: str = field("sokoban-small", doc="policy preset")
     seed: int = field(0, lo=0)
@@ -143,6 +147,34 @@ class TextSection:
 
 
 @config
+class HostSection(TextSection):
+    """The language model in a host-side environment (``experiment.agent = "host"``): which
+    env and splits, its worker processes, and - as ``[text]`` - the model, its placement,
+    the prompt format and the warm-up (``base.demo_levels``: demo tasks, from the env's gold
+    demonstrations)."""
+    env: str = field("mbpp", choices=tuple(HOST_ENVS), doc="the host environment")
+    data: str = field("", doc="mbpp: the path of mbpp.jsonl or sanitized-mbpp.json")
+    train_split: str = field("train", doc="split of the demo and Stage-1 tasks")
+    eval_split: str = field("test", doc="split of the held-out tasks")
+    transfer_env: str = field("", choices=("",) + tuple(HOST_ENVS),
+                              doc="also evaluate on this env's test split (e.g. humaneval after mbpp)")
+    task_names: tuple[str, ...] = field((), doc="scienceworld: the tasks (default: all 30)")
+    variations: int = field(2, lo=1, doc="scienceworld: variations of each task in a split")
+    workers: int = field(2, lo=1, doc="env worker processes")
+    step_timeout_s: float = field(60.0, lo=1.0, doc="a worker that does not answer an env step "
+                                                    "within this is restarted")
+    format: HostTextConfig = HostTextConfig()
+    base: TextPretrainConfig = TextPretrainConfig(demo_levels=16)
+
+    def __post_init__(self):
+        super().__post_init__()
+        for key in ("train_split", "eval_split"):
+            if getattr(self, key) not in HOST_SPLITS[self.env]:
+                raise ConfigError(key, f"env {self.env!r} has no split {getattr(self, key)!r} "
+                                       f"(it has {list(HOST_SPLITS[self.env])})")
+
+
+@config
 class PipelineConfig:
     experiment: ExperimentConfig = ExperimentConfig()
     base: PretrainConfig = PretrainConfig()
@@ -151,9 +183,14 @@ class PipelineConfig:
     baselines: BaselinesConfig = BaselinesConfig()
     eval: EvalConfig = EvalConfig()
     text: TextSection = TextSection()
+    host: HostSection = HostSection()
 
     def __post_init__(self):
-        if self.experiment.agent == "text":
+        if self.experiment.agent == "host" and not self.host.data and "mbpp" in (
+                self.host.env, self.host.transfer_env):
+            raise ConfigError("host.data", "the mbpp env needs the path of mbpp.jsonl or "
+                                           "sanitized-mbpp.json")
+        if self.experiment.agent in ("text", "host"):
             odd = [s for s in self.stage1.strategies if s not in TEXT_STRATEGIES]
             if odd:
                 raise ConfigError("stage1.strategies", f"{odd} are symbolic-only (the text agent has "
@@ -162,6 +199,8 @@ class PipelineConfig:
             if odd:
                 raise ConfigError("baselines.methods", f"{odd} do not run on the text agent yet "
                                                        "(grpo does)")
+            if self.experiment.agent == "host" and "rollback_oracle" in self.stage1.strategies:
+                raise ConfigError("stage1.strategies", "a host env has no oracle reflector")
             if self.experiment.history_length:
                 raise ConfigError("experiment.history_length", "the text agent's window is "
                                                                "text.format.history_length")
@@ -179,6 +218,11 @@ class PipelineConfig:
 
     def to_dict(self) -> dict:
         return configs.to_dict(self)
+
+    @property
+    def lm(self):
+        """The language-model section of this run: ``[host]`` or ``[text]``."""
+        return self.host if self.experiment.agent == "host" else self.text
 
     @property
     def uses_tree(self) -> bool:

@@ -19,7 +19,8 @@ def write_report(workdir: str, cfg: PipelineConfig, trees: dict, timings: dict) 
     ex, K = cfg.experiment, cfg.stage1.explore.budget
     with open(at("eval", "passk.md")) as fh:
         table = fh.read().strip()
-    model = f"text agent, {cfg.text.model}" if ex.agent == "text" else f"model {ex.model}"
+    model = (f"text agent, {cfg.text.model}" if ex.agent == "text" else
+             f"{cfg.host.env}, {cfg.host.model}" if ex.agent == "host" else f"model {ex.model}")
     lines = [f"# LEAFE pipeline report: {ex.preset}, {model}, seed {ex.seed}", "",
              "## Pass@k on held-out levels (95 % bootstrap CI over levels)", "", table, "",
              "![Pass@k](eval/passk.png)", ""]

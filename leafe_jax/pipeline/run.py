@@ -55,6 +55,9 @@ def run_pipeline(cfg: PipelineConfig, workdir: str, *, progress: bool = True) ->
         check_context(cfg)
     os.makedirs(workdir, exist_ok=True)
     with WorkdirLock(workdir):
+        if cfg.experiment.agent == "host":
+            from leafe_jax.pipeline.run_host import run_host
+            return run_host(cfg, workdir, progress, _log)
         return (_run_text if cfg.experiment.agent == "text" else _run)(cfg, workdir, progress)
 
 
@@ -178,7 +181,7 @@ def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
 
     target = runners.budget(agent, trees.get("rollback"))
     for m in cfg.baselines.methods:             # (the config allows grpo only, for now)
-        st.run(f"baselines/{m}", lambda: runners.text_grpo(at("base"), train, agent, cfg,
+        st.run(f"baselines/{m}", lambda: runners.text_grpo(at("base"), train.level, agent, cfg,
                                                            at("baselines", m), target, progress),
                timing=m, what=f"baseline: {m} (env-step budget {target['env_steps']})")
         models[m] = at("baselines", m)

@@ -250,17 +250,17 @@ def text_sft(base_dir: str, data_dir: str, cfg: PipelineConfig, out: str,
     """A Stage-2 variant of the text policy: the base fine-tuned on chat examples (loss on the
     response tokens), saved with its tokenizer."""
     from leafe_jax.interfaces.text.pretrain import save_tokenizer
-    policy = text_policy(base_dir, cfg.text)
+    policy = text_policy(base_dir, cfg.lm)
     save_tokenizer(policy.tokenizer, out)
     finetune(policy.model, data_dir, cfg.stage2.sft, out, seed=cfg.experiment.seed, progress=progress,
-             mesh=text_mesh(cfg.text),
+             mesh=text_mesh(cfg.lm),
              max_targets=read_json(os.path.join(data_dir, "stats.json"))["max_targets"],
              source_coefs=cfg.stage2.distill.source_coefs() if from_tree else None,
              meta={"model": policy.model.cfg.to_dict(), "source": policy.name, "tokenizer": "tokenizer",
                    "agent": "text", "base": base_dir, "data": data_dir})
 
 
-def text_grpo(base_dir: str, train, agent, cfg: PipelineConfig, out: str, target: dict,
+def text_grpo(base_dir: str, tasks, agent, cfg: PipelineConfig, out: str, target: dict,
               progress: bool, minibatch_sequences: int = 4) -> None:
     """GRPO of the text policy (``baselines.text_grpo``) at LEAFE's env-step budget (rollout
     batches sized by the base's root length, as the symbolic GRPO). A rollout batch makes
@@ -272,22 +272,22 @@ def text_grpo(base_dir: str, train, agent, cfg: PipelineConfig, out: str, target
     g = cfg.baselines.grpo
     per_batch = g.tasks_per_step * g.group_size * target["root_len"]
     steps = max(1, round(target["env_steps"] / per_batch)) if cfg.baselines.match_budget else g.steps
-    policy = text_policy(base_dir, cfg.text)
+    policy = text_policy(base_dir, cfg.lm)
     # the frozen reference: bf16-mixed computes in bfloat16, so bfloat16 weights give the same
     # log-probs at half the memory
-    _, cd = dtype_pair(cfg.text.dtype)
-    ref = text_policy(base_dir, cfg.text, dtype="bfloat16" if cd == "bfloat16" else None).model
+    _, cd = dtype_pair(cfg.lm.dtype)
+    ref = text_policy(base_dir, cfg.lm, dtype="bfloat16" if cd == "bfloat16" else None).model
     updates = max(1, round(steps * g.epochs * per_batch / minibatch_sequences))
     opt = create_optimizer(policy.model, OptimConfig(learning_rate=g.learning_rate,
                                                      warmup_steps=updates // 10, total_steps=updates),
-                           text_mesh(cfg.text))
+                           text_mesh(cfg.lm))
     save_tokenizer(policy.tokenizer, out)
-    final = train_text_grpo(agent, policy, ref, train.level, g, opt, steps, out,
+    final = train_text_grpo(agent, policy, ref, tasks, g, opt, steps, out,
                             key=jax.random.key(cfg.experiment.seed + GRPO_KEY), progress=progress,
                             meta={"model": policy.model.cfg.to_dict(), "source": policy.name,
                                   "tokenizer": "tokenizer", "agent": "text", "base": base_dir},
                             minibatch_sequences=minibatch_sequences, ckpt_every=max(1, steps // 2),
-                            mesh=text_mesh(cfg.text))
+                            mesh=text_mesh(cfg.lm))
     write_json(os.path.join(out, "budget.json"), {
         "env_steps": _metric_sum(out, "env_steps"), "tokens": _metric_sum(out, "tokens_sampled"),
         "rollout_batches": steps, "optimizer_steps_planned": updates,

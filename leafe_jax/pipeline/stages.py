@@ -52,6 +52,10 @@ def inputs(cfg: PipelineConfig, stage: str) -> dict:
     d = to_dict(cfg)
     if cfg.experiment.agent == "text":
         base = {"experiment": d["experiment"], "text": d["text"], "generator_version": GENERATOR_VERSION}
+    elif cfg.experiment.agent == "host":      # (which envs are evaluated, and how many workers
+        base = {"experiment": d["experiment"],   # run them, change no trained policy)
+                "host": {k: v for k, v in d["host"].items()
+                         if k not in ("eval_split", "transfer_env", "workers", "step_timeout_s")}}
     else:       # (the symbolic agent's stage inputs predate the agent key and the text section)
         base = {"experiment": {k: v for k, v in d["experiment"].items() if k != "agent"},
                 "base": d["base"], "generator_version": GENERATOR_VERSION}
@@ -61,8 +65,9 @@ def inputs(cfg: PipelineConfig, stage: str) -> dict:
     if kind == "base":
         return base
     if kind == "zero_shot":              # the text agent's pretrained model as it is
-        return {"experiment": base["experiment"], "model": d["text"]["model"],
-                "format": d["text"]["format"], "generator_version": GENERATOR_VERSION}
+        lm = d["host" if cfg.experiment.agent == "host" else "text"]
+        return {"experiment": base["experiment"], "model": lm["model"],
+                "format": lm["format"], "generator_version": GENERATOR_VERSION}
     if kind == "stage1":
         return tree(name)
     if kind == "data":
@@ -82,8 +87,11 @@ def inputs(cfg: PipelineConfig, stage: str) -> dict:
         return own
     held_out = {k: v for k, v in d["eval"].items() if k not in ("transfer_levels", "transfer_n")}
     if kind == "eval":
-        return {"model": inputs(cfg, model_stage(name)), "eval": held_out,
-                "train_levels": cfg.stage1.train_levels}
+        out = {"model": inputs(cfg, model_stage(name)), "eval": held_out,
+               "train_levels": cfg.stage1.train_levels}
+        return out | ({"split": cfg.host.eval_split} if cfg.experiment.agent == "host" else {})
+    if kind == "eval_transfer" and cfg.experiment.agent == "host":
+        return {"model": inputs(cfg, model_stage(name)), "eval": held_out, "env": cfg.host.transfer_env}
     if kind == "eval_transfer":
         return {"model": inputs(cfg, model_stage(name)), "eval": held_out,
                 "levels": file_digest(cfg.eval.transfer_levels),

@@ -78,5 +78,10 @@ class CodeEnv:
         return StepOut(observation=f"{status}\n{v.feedback}", feedback=v.feedback,
                        reward=v.passed / max(1, v.total), done=v.success, won=v.success)
 
+    def demonstration(self, task: int) -> list[str]:
+        """The dataset's own solution as the one answer (the BC warm-up's target)."""
+        self.reset(task)
+        return [self.problems[task].reference]
+
     def close(self) -> None:
         pass

@@ -236,6 +236,10 @@ class EnvPool:
         self.workers[w] = _Worker(self._ctx, self.spec, self.start_timeout_s)
 
     def close(self) -> None:
+        """Stop every worker (idempotent)."""
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         for wk in self.workers:
             try:
                 wk.conn.send(("close",))

@@ -38,7 +38,8 @@ class ScienceWorld:
     answer = "action"
 
     def __init__(self, split: str = "train", task_names: tuple[str, ...] | None = None,
-                 variations: int | None = 2, simplification: str = "easy", step_limit: int = 100):
+                 variations: int | None = 2, simplification: str = "easy", step_limit: int = 100,
+                 limit: int | None = None):
         if split not in SCIENCEWORLD_SPLITS:
             raise ValueError(f"unknown ScienceWorld split {split!r}; known: {SCIENCEWORLD_SPLITS}")
         sw = _need("scienceworld", "scienceworld==1.2.3")
@@ -48,12 +49,15 @@ class ScienceWorld:
         unknown = sorted(set(task_names or ()) - set(names))
         if unknown:
             raise ValueError(f"unknown ScienceWorld tasks {unknown}; known: {names}")
-        self.tasks = []
+        per_task = []
         for name in task_names or names:
             self.env.load(name, 0, simplification)
             vs = {"train": self.env.get_variations_train, "dev": self.env.get_variations_dev,
                   "test": self.env.get_variations_test}[split]()
-            self.tasks += [(name, int(v)) for v in list(vs)[:variations]]
+            per_task.append([(name, int(v)) for v in list(vs)[:variations]])
+        # round robin: one variation of every task before the next variation of any
+        width = max(len(v) for v in per_task)
+        self.tasks = [v[i] for i in range(width) for v in per_task if i < len(v)][:limit]
         self.num_tasks = len(self.tasks)
 
     def _load(self, task: int, gold: bool = False):

@@ -103,6 +103,46 @@ class HostTextAgent:
             out.append((toks, mask))
         return out
 
+    def bc_records(self, tasks):
+        """Behaviour-cloning examples of the env's gold demonstrations, played through the
+        agent's own loop by teacher forcing (each example a prompt exactly as the policy
+        will see it); demonstrations longer than the step limit, with an answer over the
+        response budget, or that do not win here (e.g. a dataset solution failing its own
+        tests on this interpreter) are left out and counted."""
+        from leafe_jax.data.store import SftRecords
+        from leafe_jax.interfaces.text.pretrain import BC_SOURCE
+        tasks = np.asarray(tasks, np.int64)
+        env = self.spec.make()
+        try:
+            if not hasattr(env, "demonstration"):
+                raise ValueError(f"{self.spec.factory} has no demonstrations for a BC warm-up "
+                                 "(set the base's demo_levels = 0)")
+            demos = [env.demonstration(int(t)) for t in tasks]
+        finally:
+            env.close()
+        answer = (lambda a: f"```python\n{a}\n```") if self.answer == "code" else (lambda a: f"<action>{a}</action>")
+        short = np.array([all(len(self.tokenizer.encode(answer(a))) < self.cfg.max_new_tokens for a in d)
+                          for d in demos])
+        fits = np.array([0 < len(d) <= self.cfg.max_steps for d in demos]) & short
+        session = self.session(None, tasks, max_depth=0, temperature=1.0)
+        idx = np.flatnonzero(fits)
+        ep = session.play(idx, [demos[i] for i in idx]).episodes if len(idx) else None
+        ex, won = [], 0
+        for k in range(len(idx)):
+            if ep.solved[k]:
+                won += 1
+                one = jax.tree.map(lambda x: x[k], ep)
+                ex += self.sft_examples(one, 0, int(one.num_steps) - 1)
+        if not ex:
+            raise ValueError(f"no demonstration of the {len(tasks)} demo tasks wins within "
+                             f"{self.cfg.max_steps} steps with answers under max_new_tokens = "
+                             f"{self.cfg.max_new_tokens} tokens: nothing to warm up on")
+        recs = SftRecords.build([t for t, _ in ex], [m for _, m in ex], source=BC_SOURCE)
+        return recs, {"levels": int(len(tasks)), "answers_too_long": int((~short).sum()),
+                      "within_max_steps": int(fits.sum()),
+                      "demonstrations_won": won, "examples": len(ex),
+                      "mean_demonstration": float(np.mean([len(demos[i]) for i in idx])) if len(idx) else 0.0}
+
     def sft_example(self, episode, first: int, last: int):
         if first != last:
             raise ValueError("a host episode's turns are separate chats: use sft_examples")

@@ -53,6 +53,11 @@ def solutions(levels: Level, height: int, width: int, max_nodes: int) -> list:
     return out
 
 
+def num_tasks(tasks) -> int:
+    """How many tasks: Sokoban levels (a ``Level`` batch) or a host env's task indices."""
+    return int(np.shape(tasks.player)[0]) if hasattr(tasks, "player") else len(tasks)
+
+
 def bc_records(agent, levels: Level, *, max_nodes: int = 200_000) -> tuple[SftRecords, dict]:
     """Chat examples of the optimal solutions (one per turn; see the module docstring)."""
     sol = solutions(levels, agent.env.height, agent.env.width, max_nodes)
@@ -77,7 +82,7 @@ def bc_records(agent, levels: Level, *, max_nodes: int = 200_000) -> tuple[SftRe
 
 def _failures(agent, policy, levels: Level, key, temperature: float):
     """One on-policy rollout per level and the feedback reflector's answer to each."""
-    B = int(np.shape(levels.player)[0])
+    B = num_tasks(levels)
     session = agent.session(policy, levels, max_depth=1, temperature=temperature)
     out = session.roots(np.arange(B), jax.random.split(key, B))
     refl = session.reflector("feedback", num_candidates=1, every=0)(out.episodes)
@@ -170,7 +175,9 @@ def warm_up(agent, policy: LMPolicy, demo: Level, cfg: TextPretrainConfig, workd
             stats = json.load(fh)
     else:
         levels = jax.tree.map(lambda x: x[: cfg.demo_levels], demo)
-        recs, stats = bc_records(agent, levels, max_nodes=cfg.max_nodes)
+        # an agent with demonstrations of its own (a host env's gold paths) brings its records
+        own = getattr(agent, "bc_records", None)
+        recs, stats = own(levels) if own is not None else bc_records(agent, levels, max_nodes=cfg.max_nodes)
         if cfg.reflection_levels:
             rl = jax.tree.map(lambda x: x[: cfg.reflection_levels], demo)
             stats["reflection_before"] = reflection_quality(agent, policy, rl, jax.random.fold_in(key, 1))
