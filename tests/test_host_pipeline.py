@@ -25,7 +25,8 @@ def test_host_config_is_checked():
                    ({}, "needs the path of mbpp.jsonl"),
                    ({"host": {"data": "x", "transfer_env": "webshop"}}, "transfer_env"),
                    ({"host": {"data": "x"}, "stage1": {"strategies": ["rollback", "rollback_oracle"]}},
-                    "no oracle reflector")]:
+                    "no oracle reflector"),
+                   ({"host": {"data": "x"}, "stage1": {"explore": {"interrupt_every": 3}}}, "on failure only")]:
         with pytest.raises(ConfigError, match=msg):
             PC.from_dict({**d, "experiment": {"agent": "host"}})
     c = PC.from_dict({"experiment": {"agent": "host"}, "host": {"env": "twc", "eval_split": "dev"}})

@@ -201,6 +201,9 @@ class PipelineConfig:
                                                        "(grpo does)")
             if self.experiment.agent == "host" and "rollback_oracle" in self.stage1.strategies:
                 raise ConfigError("stage1.strategies", "a host env has no oracle reflector")
+            if self.experiment.agent == "host" and self.stage1.explore.interrupt_every:
+                raise ConfigError("stage1.explore.interrupt_every", "the host agent reflects on "
+                                  "failure only (no periodic interruption yet)")
             if self.experiment.history_length:
                 raise ConfigError("experiment.history_length", "the text agent's window is "
                                                                "text.format.history_length")
