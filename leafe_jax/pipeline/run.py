@@ -28,6 +28,7 @@ from leafe_jax.eval.sweep import eval_key, write_sweep
 from leafe_jax.interfaces.symbolic.interface import SymbolicSokoban, context_size
 from leafe_jax.pipeline import runners
 from leafe_jax.pipeline.config import VARIANTS, PipelineConfig
+from leafe_jax.pipeline.lm import lm_stages
 from leafe_jax.pipeline.report import write_report
 from leafe_jax.pipeline.stages import Stages, WorkdirLock, read_json, write_json
 from leafe_jax.train.checkpoint import load_policy
@@ -154,37 +155,7 @@ def _run_text(cfg: PipelineConfig, workdir: str, progress: bool) -> dict:
                                  train_levels=cfg.stage1.train_levels)
     st.run("base", lambda: runners.text_base(agent, tx, demo.level, ex.seed, at("base"), progress),
            timing="base", what=f"base policy: {tx.model}, BC warm-up on {tx.base.demo_levels} levels")
-    base_policy = runners.text_policy(at("base"), tx) if cfg.stage1.strategies else None
-
-    trees = {}
-    for s in cfg.stage1.strategies:
-        st.run(f"stage1/{s}", lambda: runners.stage1(agent, base_policy, train.level, cfg, s,
-                                                     at("stage1", s), progress),
-               timing=f"stage1_{s}", what=f"stage 1: {s}")
-        trees[s] = at("stage1", s)
-    base_policy = None                          # every later stage loads the weights it trains
-
-    models = ({"zero-shot": tx.model} if tx.zero_shot else {}) | {"base": at("base")}
-    for v in cfg.stage2.variants:
-        spec = VARIANTS[v]
-        data_dir = at("data", v) if spec.from_tree else at("base", "data")
-        if spec.from_tree:
-            st.run(f"data/{v}", lambda: runners.dataset(agent, trees[spec.tree], v, cfg, data_dir),
-                   timing=f"data_{v}", what=f"dataset: {v}")
-            if read_json(os.path.join(data_dir, "stats.json"))["examples"] == 0:
-                warnings.warn(f"Stage-2 variant {v!r} has no examples: skipped")
-                continue
-        st.run(f"sft/{v}", lambda: runners.text_sft(at("base"), data_dir, cfg, at("sft", v),
-                                                    progress, spec.from_tree),
-               timing=f"sft_{v}", what=f"stage 2: {v}")
-        models[spec.model_name or v] = at("sft", v)
-
-    target = runners.budget(agent, trees.get("rollback"))
-    for m in cfg.baselines.methods:             # (the config allows grpo only, for now)
-        st.run(f"baselines/{m}", lambda: runners.text_grpo(at("base"), train.level, agent, cfg,
-                                                           at("baselines", m), target, progress),
-               timing=m, what=f"baseline: {m} (env-step budget {target['env_steps']})")
-        models[m] = at("baselines", m)
+    trees, models = lm_stages(st, agent, cfg, train.level, at, progress)
 
     held = None
     for name, d in models.items():

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import warnings
 
 import numpy as np
 
@@ -24,9 +23,10 @@ from leafe_jax.configs import ConfigError
 from leafe_jax.envs.host.registry import env_spec
 from leafe_jax.eval.sweep import eval_key, write_sweep
 from leafe_jax.pipeline import runners
-from leafe_jax.pipeline.config import VARIANTS, PipelineConfig
+from leafe_jax.pipeline.config import PipelineConfig
+from leafe_jax.pipeline.lm import lm_stages
 from leafe_jax.pipeline.report import write_report
-from leafe_jax.pipeline.stages import Stages, read_json, write_json
+from leafe_jax.pipeline.stages import Stages, write_json
 
 
 def _agent(hx, env: str, split: str, limit: int, tok, stack):
@@ -53,34 +53,7 @@ def run_host(cfg: PipelineConfig, workdir: str, progress: bool, log) -> dict:
         demo, train = np.arange(n_demo), np.arange(n_demo, n_demo + n_train)
         st.run("base", lambda: runners.text_base(agent, hx, demo, ex.seed, at("base"), progress),
                timing="base", what=f"base policy: {hx.model}, BC warm-up on {n_demo} {hx.env} tasks")
-        base_policy = runners.text_policy(at("base"), hx) if cfg.stage1.strategies else None
-        trees = {}
-        for s in cfg.stage1.strategies:
-            st.run(f"stage1/{s}", lambda: runners.stage1(agent, base_policy, train, cfg, s,
-                                                         at("stage1", s), progress),
-                   timing=f"stage1_{s}", what=f"stage 1: {s}")
-            trees[s] = at("stage1", s)
-        base_policy = None
-        models = ({"zero-shot": hx.model} if hx.zero_shot else {}) | {"base": at("base")}
-        for v in cfg.stage2.variants:
-            spec = VARIANTS[v]
-            data_dir = at("data", v) if spec.from_tree else at("base", "data")
-            if spec.from_tree:
-                st.run(f"data/{v}", lambda: runners.dataset(agent, trees[spec.tree], v, cfg, data_dir),
-                       timing=f"data_{v}", what=f"dataset: {v}")
-                if read_json(os.path.join(data_dir, "stats.json"))["examples"] == 0:
-                    warnings.warn(f"Stage-2 variant {v!r} has no examples: skipped")
-                    continue
-            st.run(f"sft/{v}", lambda: runners.text_sft(at("base"), data_dir, cfg, at("sft", v),
-                                                        progress, spec.from_tree),
-                   timing=f"sft_{v}", what=f"stage 2: {v}")
-            models[spec.model_name or v] = at("sft", v)
-        target = runners.budget(agent, trees.get("rollback"))
-        for m in cfg.baselines.methods:
-            st.run(f"baselines/{m}", lambda: runners.text_grpo(at("base"), train, agent, cfg,
-                                                               at("baselines", m), target, progress),
-                   timing=m, what=f"baseline: {m} (env-step budget {target['env_steps']})")
-            models[m] = at("baselines", m)
+        trees, models = lm_stages(st, agent, cfg, train, at, progress)
         agent.close()
 
         sets = [("eval", hx.env, hx.eval_split)]

@@ -16,15 +16,13 @@ Tasks are indices into the env's own task list (``num_tasks``).
 
 from __future__ import annotations
 
-import os
-
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from leafe_jax.envs.host.pool import EnvPool
 from leafe_jax.envs.host.protocol import EnvSpec
+from leafe_jax.interfaces.chunks import resumable, run_tag
 from leafe_jax.interfaces.host import format as HF
 from leafe_jax.interfaces.host.session import HostEpisode, HostSession, _text
 from leafe_jax.interfaces.text.episode import ChatFormat
@@ -178,21 +176,10 @@ class HostTextAgent:
         session = self.session(policy, tasks, max_depth=0, temperature=temperature)
         idx_of = np.repeat(np.arange(B), n)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
-        tag = f"{self.spec.factory}:{self.spec.kwargs}:{tasks.tolist()}:{n}:{temperature}:{batch}:" \
-              f"{np.asarray(jax.random.key_data(key)).tolist()}"
-        out, first = np.zeros(total, bool), 0
-        if checkpoint is not None and os.path.exists(checkpoint):
-            with np.load(checkpoint) as z:
-                if str(z["tag"]) == tag:
-                    out, first = z["out"].copy(), int(z["next"])
-        for s in tqdm(range(first, total, batch), desc="pass@k rollouts (host)", disable=not progress,
-                      unit="chunk", initial=first // batch, total=-(-total // batch)):
-            idx = np.arange(s, min(s + batch, total))
-            out[idx] = session.roots(idx_of[idx], keys[idx]).episodes.solved
-            if checkpoint is not None:
-                tmp = checkpoint + ".tmp.npz"
-                np.savez(tmp, out=out, next=s + batch, tag=tag)
-                os.replace(tmp, checkpoint)
+        tag = run_tag(tasks, n, key, temperature, batch) + f":{self.spec.factory}:{self.spec.kwargs}"
+        out = resumable(total, batch, tag, checkpoint,
+                        lambda idx: session.roots(idx_of[idx], keys[idx]).episodes.solved,
+                        desc="pass@k rollouts (host)", progress=progress)
         self.last_session_stats = dict(session.stats)
         return out.reshape(B, n)
 

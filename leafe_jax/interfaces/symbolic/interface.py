@@ -12,20 +12,18 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import math
-import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from tqdm.auto import tqdm
 
 from leafe_jax.data.loader import round_up
 from leafe_jax.envs.sokoban.constants import ACTION_LETTERS
 from leafe_jax.envs.sokoban.env import EnvState, Sokoban
 from leafe_jax.envs.sokoban.level import Level, level_to_ascii
+from leafe_jax.interfaces.chunks import resumable, run_tag
 from leafe_jax.interfaces.protocol import FEEDBACK_REFLECTOR, Rollouts
 from leafe_jax.interfaces.symbolic import encoding as E
 from leafe_jax.interfaces.symbolic.episode import (Episode, branch_inputs, from_trajectory,
@@ -138,14 +136,6 @@ class SymbolicSession:
                          f"{[FEEDBACK_REFLECTOR, ORACLE_REFLECTOR, SELF_REFLECTOR]}")
 
 
-def _run_tag(tasks, n, key, temperature, batch) -> str:
-    """What an evaluation's result depends on besides the policy (a resume must match it)."""
-    h = hashlib.sha256()
-    for x in jax.tree.leaves(tasks) + [jax.random.key_data(key)]:
-        h.update(np.ascontiguousarray(np.asarray(x)).tobytes())
-    return f"{h.hexdigest()[:16]}:{n}:{temperature!r}:{batch}"
-
-
 @functools.partial(nnx.jit, static_argnames=("temperature",))
 def _action_probs(policy, tokens_BxL, pos_B, temperature: float):
     logits = policy(tokens_BxL)[0]
@@ -240,26 +230,13 @@ class SymbolicSokoban:
         level_idx = np.repeat(np.arange(B), n)
         episode_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
         reset = jax.jit(jax.vmap(env.reset_to_level, in_axes=(0, None)))
-        out = np.zeros(total, bool)
-        tag = _run_tag(tasks, n, key, temperature, batch)
-        first = 0
-        if checkpoint is not None and os.path.exists(checkpoint):
-            with np.load(checkpoint) as z:
-                if str(z["tag"]) == tag:
-                    out, first = z["out"].copy(), int(z["next"])
-        for start in tqdm(range(first, total, batch), desc="pass@k rollouts", disable=not progress,
-                          unit="chunk", initial=first // batch, total=-(-total // batch)):
-            idx = np.arange(start, start + batch) % total          # pad the last chunk
+        def chunk(idx):
             lv = jax.tree.map(lambda x: jnp.asarray(x)[level_idx[idx]], tasks)
             _, states = reset(lv, params)
-            traj = rollout(policy, env, params, states, episode_keys[idx],
-                           num_steps=int(params.max_steps_in_episode), temperature=temperature)
-            keep = idx[: min(batch, total - start)]
-            out[keep] = np.asarray(traj.solved)[: len(keep)]
-            if checkpoint is not None:
-                tmp = checkpoint + ".tmp.npz"
-                np.savez(tmp, out=out, next=start + batch, tag=tag)
-                os.replace(tmp, checkpoint)
+            return rollout(policy, env, params, states, episode_keys[idx],
+                           num_steps=int(params.max_steps_in_episode), temperature=temperature).solved
+        out = resumable(total, batch, run_tag(tasks, n, key, temperature, batch), checkpoint, chunk,
+                        desc="pass@k rollouts", progress=progress, pad=True)
         return out.reshape(B, n)
 
     def episode_like(self) -> Episode:

@@ -36,18 +36,17 @@ prompt tokens are in ``prompt_len``).
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from leafe_jax.data.loader import round_up
 from leafe_jax.envs.sokoban import constants as C
 from leafe_jax.envs.sokoban.env import EnvState, Sokoban
 from leafe_jax.envs.sokoban.level import Level, level_to_ascii
+from leafe_jax.interfaces.chunks import resumable, run_tag
 from leafe_jax.interfaces.text import format as F
 from leafe_jax.interfaces.text.episode import (STEP_INFO, ChatFormat, TextEpisode, _obs, answer_logprobs,
                                               truncate)
@@ -227,7 +226,6 @@ class TextSokoban:
         """``success[B, n]``: n sampled episodes per level from the start, in chunks of
         ``batch_size`` episodes; ``checkpoint`` keeps finished chunks (a killed evaluation
         resumes with the same result)."""
-        from leafe_jax.interfaces.symbolic.interface import _run_tag
         B = int(np.shape(tasks.player)[0])
         if B == 0:
             raise ValueError("empty level set: nothing to evaluate")
@@ -238,20 +236,9 @@ class TextSokoban:
         session = self.session(policy, tasks, max_depth=0, temperature=temperature)
         level_idx = np.repeat(np.arange(B), n)
         keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(total))
-        out = np.zeros(total, bool)
-        tag, first = _run_tag(tasks, n, key, temperature, batch) + ":text", 0
-        if checkpoint is not None and os.path.exists(checkpoint):
-            with np.load(checkpoint) as z:
-                if str(z["tag"]) == tag:
-                    out, first = z["out"].copy(), int(z["next"])
-        for s in tqdm(range(first, total, batch), desc="pass@k rollouts (text)", disable=not progress,
-                      unit="chunk", initial=first // batch, total=-(-total // batch)):
-            idx = np.arange(s, min(s + batch, total))
-            out[idx] = session.roots(level_idx[idx], keys[idx]).episodes.solved
-            if checkpoint is not None:
-                tmp = checkpoint + ".tmp.npz"
-                np.savez(tmp, out=out, next=s + batch, tag=tag)
-                os.replace(tmp, checkpoint)
+        out = resumable(total, batch, run_tag(tasks, n, key, temperature, batch) + ":text", checkpoint,
+                        lambda idx: session.roots(level_idx[idx], keys[idx]).episodes.solved,
+                        desc="pass@k rollouts (text)", progress=progress)
         return out.reshape(B, n)
 
     # ------------------------------------------------------------------ reports
