@@ -117,8 +117,8 @@ def main(dirs, plot=None, out_file=None):
                           f"{mu:+.1f} ± {ci:.1f}"]
             out.append(f"| {m} | " + " | ".join(cells) + " |")
 
-    if any(r["stage1"] for r in runs):
-        strategies = [s for s in STRATEGIES if all(s in r["stage1"] for r in runs)]
+    strategies = [s for s in STRATEGIES if all(s in r["stage1"] for r in runs)]
+    if strategies:
         Kb = len(runs[0]["stage1"][strategies[0]]["solved_within_k"])
         out += ["", "### Stage 1 at equal budget (solved within k, % of training tasks; mean ± 95 % CI "
                 "over seeds)", "",
