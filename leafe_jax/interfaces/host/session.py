@@ -109,14 +109,17 @@ class HostSession:
             has = (se != 0).any(1)
             ep.experience[has, 0] = se[has]
             ep.exp_from[has, 0] = 0
-        res = self.pool.step([StepRequest(int(self.tasks[k])) for k in task])
-        for r, s in enumerate(res):
+        return self._run(self._reset(ep, task), keys)
+
+    def _reset(self, ep: HostEpisode, task) -> HostEpisode:
+        """Each row's first observation (its env reset); a row whose env cannot be run ends."""
+        for r, s in enumerate(self.pool.step([StepRequest(int(self.tasks[k])) for k in task])):
             if s.out is None:
                 ep.failed[r] = ep.done[r] = True
                 self.stats["env_failed"] += 1
             else:
                 self._observe(ep, r, 0, s.out)
-        return self._run(ep, keys)
+        return ep
 
     def branches(self, parents, tau, experience, forbidden, keys, *, use_experience: bool,
                  use_mask: bool) -> Rollouts:
@@ -165,16 +168,8 @@ class HostSession:
                 ids.append(self.tok.encode(text) + self.fmt.end_ids)
             return [np.asarray(i, np.int32) for i in ids], [np.zeros(len(i), np.float32) for i in ids]
         task = np.asarray(task)
-        return self.roots_with(task, jax.random.split(jax.random.key(0), len(task)), respond)
-
-    def roots_with(self, task, keys, respond) -> Rollouts:
-        ep = self._empty(task)
-        for r, s in enumerate(self.pool.step([StepRequest(int(self.tasks[k])) for k in task])):
-            if s.out is None:
-                ep.failed[r] = ep.done[r] = True
-            else:
-                self._observe(ep, r, 0, s.out)
-        return self._run(ep, keys, respond)
+        return self._run(self._reset(self._empty(task), task),
+                         jax.random.split(jax.random.key(0), len(task)), respond)
 
     def _cut(self, toks: np.ndarray) -> int:
         return len(toks) if self.agent.answer == "code" else cut_response(self.tok, toks)
