@@ -196,3 +196,11 @@ def test_the_model_reflects_on_its_host_trajectory(agent, roots):
             assert refl.tau[r, 0] == -1
     assert refl_fn.stats["malformed"] == sum(int(ep.num_steps[r]) % 2 == 0 for r in failed)
     assert refl_fn.task_tokens.sum() == refl_fn.stats["generated_tokens"] > 0
+
+
+def test_valid_actions_relevant_to_the_task_come_first():
+    valid = ["activate oven", "close door to hallway", "focus on water", "open door to kitchen",
+             "pick up thermometer", "wait1"]
+    task = "Your task is to boil water. First, focus on the substance. Use the thermometer."
+    assert HF.rank_actions(valid, task, 3) == ["focus on water", "pick up thermometer", "activate oven"]
+    assert HF.rank_actions(valid, "", 2) == valid[:2]

@@ -93,6 +93,15 @@ def parse_answer(text: str, answer: str, think: bool = False) -> tuple[str, bool
     return (act if act else NO_ACTION), ok
 
 
+def rank_actions(valid, task: str, k: int) -> list[str]:
+    """The ``k`` valid actions to list: those sharing the most words (of 4+ letters) with the
+    task's text first, the env's own order among equals (ScienceWorld lists 1 000+
+    alphabetically, so its first few say little)."""
+    words = set(re.findall(r"[a-z]{4,}", task.lower()))
+    score = lambda a: -len(words & set(re.findall(r"[a-z]{4,}", a.lower())))
+    return [a for _, a in sorted(((score(a), i), a) for i, a in enumerate(valid))][:k]
+
+
 def no_action_result(answer: str) -> str:
     if answer == "code":
         return "Your answer held no program, so nothing was run."

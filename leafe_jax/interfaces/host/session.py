@@ -99,7 +99,9 @@ class HostSession:
     def _observe(self, ep, r: int, t: int, out) -> None:
         ep.obs[r, t] = _ids(self.tok, out.observation, self.cfg.obs_tokens)
         ep.obs_digest[r, t] = digest(out.observation)
-        ep.choices[r, t] = _ids(self.tok, ", ".join(out.valid_actions or ()), ep.choices.shape[-1])
+        task = out.observation if t == 0 else _text(self.tok, ep.obs[r, 0])
+        shown = HF.rank_actions(out.valid_actions or (), task, self.cfg.valid_actions_shown)
+        ep.choices[r, t] = _ids(self.tok, ", ".join(shown), ep.choices.shape[-1])
 
     def roots(self, task, keys, start_experience=None) -> Rollouts:
         task = np.asarray(task)
