@@ -90,9 +90,7 @@ class HostTextAgent:
                 continue
             prompt = self.fmt.prefix_ids + self.fmt.ids(self.turn_text(one, 0, t, with_experience=False))
             if action_only:
-                a = self.action_text(one, 0, t)
-                body = self.tokenizer.encode(f"```python\n{a}\n```" if self.answer == "code"
-                                             else f"<action>{a}</action>")
+                body = self.tokenizer.encode(HF.bare_answer(self.action_text(one, 0, t), self.answer))
             else:
                 body = [int(i) for i in episode.response[t, : int(episode.response_len[t])]]
             toks = np.asarray(prompt + body + self.fmt.end_ids, np.int32)
@@ -118,8 +116,8 @@ class HostTextAgent:
             demos = [env.demonstration(int(t)) for t in tasks]
         finally:
             env.close()
-        answer = (lambda a: f"```python\n{a}\n```") if self.answer == "code" else (lambda a: f"<action>{a}</action>")
-        short = np.array([all(len(self.tokenizer.encode(answer(a))) < self.cfg.max_new_tokens for a in d)
+        short = np.array([all(len(self.tokenizer.encode(HF.bare_answer(a, self.answer))) < self.cfg.max_new_tokens
+                              for a in d)
                           for d in demos])
         fits = np.array([0 < len(d) <= self.cfg.max_steps for d in demos]) & short
         session = self.session(None, tasks, max_depth=0, temperature=1.0)

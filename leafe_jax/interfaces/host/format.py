@@ -102,6 +102,11 @@ def rank_actions(valid, task: str, k: int) -> list[str]:
     return [a for _, a in sorted(((score(a), i), a) for i, a in enumerate(valid))][:k]
 
 
+def bare_answer(action: str, answer: str) -> str:
+    """An action as a demonstration answers it: in a code block, or inside the action tag."""
+    return f"```python\n{action}\n```" if answer == "code" else f"<action>{action}</action>"
+
+
 def no_action_result(answer: str) -> str:
     if answer == "code":
         return "Your answer held no program, so nothing was run."

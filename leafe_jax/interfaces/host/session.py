@@ -165,8 +165,7 @@ class HostSession:
             ids = []
             for r, tt in zip(rows, t):
                 a = actions[r][tt] if tt < len(actions[r]) else ""
-                text = (f"```python\n{a}\n```" if self.agent.answer == "code"
-                        else f"<action>{a}</action>") if a else HF.NO_ACTION
+                text = HF.bare_answer(a, self.agent.answer) if a else HF.NO_ACTION
                 ids.append(self.tok.encode(text) + self.fmt.end_ids)
             return [np.asarray(i, np.int32) for i in ids], [np.zeros(len(i), np.float32) for i in ids]
         task = np.asarray(task)
