@@ -584,8 +584,10 @@ def test_text_config_is_checked():
 @pytest.mark.slow
 def test_text_pipeline_end_to_end_with_smollm2(tmp_path, smollm2_path):
     """The whole text pipeline at the smallest size with the real model: a BC warm-up step,
-    Stage 1, a LEAFE dataset and SFT step, one GRPO batch, Pass@k of zero-shot / base /
-    LEAFE / GRPO, the report; rerunning it skips every stage."""
+    Stage 1, a LEAFE dataset (and SFT step when Stage 1 solved something), Pass@k of
+    zero-shot / base (/ LEAFE), the report; rerunning it skips every stage. GRPO through the
+    pipeline is tested on the tiny model (test_text_placement): with SmolLM2 its one batch
+    took ~170 s alone and pushed this test past its 20-minute guard on the 2-core CI."""
     from leafe_jax.pipeline import config as PC
     cfg = PC.from_dict({
         "experiment": {"agent": "text", "preset": "verl6x6"},
@@ -594,8 +596,7 @@ def test_text_pipeline_end_to_end_with_smollm2(tmp_path, smollm2_path):
         "stage1": {"train_levels": 2, "strategies": ["rollback"],
                    "explore": {"budget": 2, "max_depth": 1, "children": 1}},
         "stage2": {"variants": ["leafe"], "sft": {"steps": 1, "batch_size": 2}},
-        "baselines": {"methods": ["grpo"], "match_budget": False,
-                      "grpo": {"steps": 1, "tasks_per_step": 1, "group_size": 2}},
+        "baselines": {"methods": []},
         "eval": {"levels": 2, "n": 2}})
     # a fresh process (as a user runs it: the CLI), so its ~7 GB are returned at exit
     import subprocess
@@ -612,7 +613,7 @@ def test_text_pipeline_end_to_end_with_smollm2(tmp_path, smollm2_path):
         assert r.returncode == 0, r.stderr[-3000:]
     run()
     passk = json.load(open(tmp_path / "run" / "eval" / "passk.json"))["passk"]
-    assert {"zero-shot", "base", "grpo"} <= set(passk)
+    assert {"zero-shot", "base"} <= set(passk) and "grpo" not in passk
     assert (tmp_path / "run" / "report.md").exists()
     assert json.load(open(tmp_path / "run" / "base" / "warmup.json"))["examples"] > 0
     timings = json.load(open(tmp_path / "run" / "timings.json"))
