@@ -98,7 +98,7 @@ def main(dirs, plot=None, out_file=None):
 
     if "leafe" in methods and len(methods) > 1:
         n_levels = sum(r["success"]["leafe"].shape[0] for r in runs)
-        out += ["", f"### Paired differences: LEAFE minus each method (percentage points)", "",
+        out += ["", "### Paired differences: LEAFE minus each method (percentage points)", "",
                 f"Same levels, same sampling keys: per-level differences, pooled over the seeds' "
                 f"{n_levels} levels, 95 % bootstrap CI; and the mean of the per-seed differences "
                 "± 95 % CI over seeds.", "",
