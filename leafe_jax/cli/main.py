@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from leafe_jax.cli import evaluate, export, generate, pipeline, play, pretrain, sokoban
+from leafe_jax.cli import code_check, evaluate, export, generate, pipeline, play, pretrain, sokoban
 
 
 GROUPS = {"pipeline": pipeline, "sokoban": sokoban, "pretrain": pretrain, "evaluate": evaluate,
-          "play": play, "export": export, "generate": generate}
+          "play": play, "export": export, "generate": generate, "code-check": code_check}
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -214,3 +214,16 @@ def judge(problem: CodeProblem, solution: str, *, limits: SandboxLimits = Sandbo
     # no closing line of this run: the program did not get through the harness
     said = "\n".join(ln for ln in lines if mark not in ln).strip()[-1500:]
     return Verdict(0, n, (said + "\n" if said else "") + r.feedback, r)
+
+
+def reference_failures(problems, *, workers: int = 2, progress: bool = False) -> list[str]:
+    """Task ids whose own reference solution does not pass its tests in the sandbox (in the
+    problems' order): the data check behind ``leafe code-check``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tqdm.auto import tqdm
+    problems = list(problems)
+    with ThreadPoolExecutor(workers) as ex:
+        verdicts = ex.map(lambda p: judge(p, p.reference), problems)
+        verdicts = tqdm(verdicts, total=len(problems), desc="references", disable=not progress)
+        return [p.task_id for p, v in zip(problems, verdicts) if not v.success]
