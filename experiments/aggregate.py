@@ -245,6 +245,9 @@ def _budgets(runs) -> list[str]:
         if m.startswith("grpo"):
             what = (f"{np.mean([x.get('rollout_batches', 0) for x in b]):.1f} rollout batches, "
                     f"{np.mean([x.get('optimizer_steps', 0) for x in b]):.0f} optimizer steps")
+            if m == "grpo-converged":
+                what = (f"the best validated policy: {what}; trained "
+                        f"{np.mean([x.get('env_steps_trained', 0) for x in b]):.0f} env steps before it stopped")
         else:
             what = (f"{np.mean([x['demo_levels'] for x in b]):.0f} demo levels x alternatives, "
                     f"{b[0]['wm_steps']} world-model + {b[0]['imitation_steps']} imitation steps")
