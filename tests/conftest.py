@@ -1,7 +1,5 @@
 """Shared fixtures. Compiled functions are shared per session: JAX compilation dominates."""
 
-import ctypes
-import gc
 import os
 import pathlib
 import resource
@@ -17,22 +15,6 @@ import pytest  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _malloc_trim() -> None:
-    """Hand freed heap pages back to the OS (glibc keeps them otherwise: a test worker's RSS
-    only ever grew, to ~9 GB by the end of the suite)."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):       # not glibc
-        pass
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _release_memory_after_each_module():
-    yield
-    gc.collect()
-    _malloc_trim()
 
 
 def _rss_mib() -> float:
