@@ -23,6 +23,7 @@ import numpy as np
 
 from leafe_jax.eval.claims import compare
 from leafe_jax.eval.passk import bootstrap_ci, pass_at_k_per_task
+from leafe_jax.leafe.diagnostics import cost_from_stats, solved_within_env_steps_per_task
 from leafe_jax.leafe.explore import STRATEGIES
 
 T95 = {1: 12.71, 2: 4.30, 3: 3.18, 4: 2.78, 5: 2.57}
@@ -180,8 +181,13 @@ def _with(runs, key, name):
 
 
 def _within(st: dict, e: int) -> np.ndarray:
-    """Per task: solved with at most ``e`` env steps spent on it (up to its first success)."""
-    return np.asarray(st["task_solved"], bool) & (np.asarray(st["task_env_steps"]) <= e)
+    """Per task of a Stage-1 stats file: solved within ``e`` env steps (up to its first success)."""
+    return solved_within_env_steps_per_task(cost_from_stats(st), e)
+
+
+def _passk_diff(sa, sb, k: int) -> np.ndarray:
+    """Per level, Pass@k of ``sa`` minus ``sb`` (success matrices of the same levels), points."""
+    return 100 * (pass_at_k_per_task(sa, k) - pass_at_k_per_task(sb, k))
 
 
 def _stage1_tables(runs) -> list[str]:
@@ -302,14 +308,12 @@ def _claims_table(runs, K) -> list[str]:
                              ("grpo-converged", K, 1, f"Pass@{K}: LEAFE − GRPO (converged) > 0"),
                              ("rehearsal", K, 1, f"Pass@{K}: LEAFE − rehearsal > 0 (distillation, not rehearsal alone)")):
         if all("leafe" in r["success"] and b in r["success"] for r in runs):
-            rows.append((what, compare([100 * (pass_at_k_per_task(r["success"]["leafe"], k)
-                                               - pass_at_k_per_task(r["success"][b], k)) for r in runs], sign)))
+            rows.append((what, compare([_passk_diff(r["success"]["leafe"], r["success"][b], k) for r in runs], sign)))
     for b in ("grpo", "grpo-converged"):
         diffs = []
         for r in runs:
             if "leafe" in r["transfer"] and b in r["transfer"]:
-                k = r["transfer"]["leafe"].shape[1]
-                diffs.append(100 * (pass_at_k_per_task(r["transfer"]["leafe"], k) - pass_at_k_per_task(r["transfer"][b], k)))
+                diffs.append(_passk_diff(r["transfer"]["leafe"], r["transfer"][b], TRANSFER_K))
             elif _transfer_means(r, "leafe", TRANSFER_K) is not None and _transfer_means(r, b, TRANSFER_K) is not None:
                 diffs.append(_transfer_means(r, "leafe", TRANSFER_K) - _transfer_means(r, b, TRANSFER_K))
         if diffs:

@@ -33,9 +33,19 @@ def first_success_cost(tree: Tree) -> dict:
             "tokens": (tree.tokens * upto).sum(1)}
 
 
+def cost_from_stats(st: dict) -> dict:
+    """``first_success_cost``'s per-task arrays back from a Stage-1 ``stats.json``."""
+    return {"solved": np.asarray(st["task_solved"], bool), "env_steps": np.asarray(st["task_env_steps"])}
+
+
+def solved_within_env_steps_per_task(cost: dict, budget: int) -> np.ndarray:
+    """Per task: solved with at most ``budget`` env steps spent on it (bool [B])."""
+    return cost["solved"] & (cost["env_steps"] <= budget)
+
+
 def solved_within_env_steps(cost: dict, budgets) -> list[float]:
     """Fraction of tasks solved with at most ``E`` env steps spent on them, per ``E``."""
-    return [float((cost["solved"] & (cost["env_steps"] <= e)).mean()) for e in budgets]
+    return [float(solved_within_env_steps_per_task(cost, e).mean()) for e in budgets]
 
 
 def compliance(interface, policy, tree: Tree, temperature: float = 1.0) -> dict:

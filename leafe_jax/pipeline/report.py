@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-from leafe_jax.leafe.diagnostics import solved_within_env_steps
+from leafe_jax.leafe.diagnostics import cost_from_stats, solved_within_env_steps
 from leafe_jax.pipeline.config import PipelineConfig
 from leafe_jax.pipeline.stages import read_json
 
@@ -118,8 +118,8 @@ def _per_cost(s1: dict) -> list[str]:
              + " / ".join(f"E = {e}" for e in grid) + " | solved per 1k env steps | "
              "solved per 1M tokens (reflection tokens included) |", "|---|---|---|---|"]
     for k, st in s1.items():
-        solved = np.asarray(st["task_solved"], bool)
-        cost = {"solved": solved, "env_steps": np.asarray(st["task_env_steps"])}
+        cost = cost_from_stats(st)
+        solved = cost["solved"]
         within = " / ".join(f"{100 * x:.1f}" for x in solved_within_env_steps(cost, grid))
         lines.append(f"| {k} | {within} | {1e3 * solved.sum() / max(1, st['env_steps']):.2f} | "
                      f"{1e6 * solved.sum() / max(1, st['tokens'] + _reflection_tokens(st)):.1f} |")
