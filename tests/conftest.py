@@ -22,9 +22,42 @@ def _rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
 
 
+# Modules that hold SmolLM2 (135M, 0.5 GB in float32) and compile it - on 8 fake devices too,
+# where one compiled generation program alone takes ~4 GB. ``--dist loadgroup`` (setup.cfg)
+# runs them on one xdist worker, one after another, so two never meet on the 24 GB machine.
+LM_MODULES = {"test_policy_text.py", "test_text_sokoban.py", "test_policy_gguf.py",
+              "test_text_placement.py"}
+
+
+@pytest.hookimpl(tryfirst=True)         # before xdist reads the groups off the items
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name in LM_MODULES:
+            item.add_marker(pytest.mark.xdist_group("lm"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _release_compiled_after_heavy_modules():
+    """After a module that left this worker large (compiled LM programs, loaded weights),
+    drop JAX's compiled-function caches: the next modules recompile what they use, and
+    the memory goes back to the machine instead of staying with this worker."""
+    yield
+    if os.path.exists("/proc/self/statm") and _rss_mib() > 3000:
+        import ctypes
+        import gc
+        jax.clear_caches()
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except OSError:
+            pass
+
+
 def pytest_runtest_logfinish(nodeid, location):
     """With ``LEAFE_TEST_MEMLOG=FILE``: one line per test - this worker's RSS after it and its
-    peak so far, and the peak of its child processes (MiB) - to find what drives the memory."""
+    peak so far, and the peak of its child processes (MiB) - to find what drives the memory.
+    (A child's peak includes the RSS this worker had when it forked: Linux keeps the
+    high-water mark across exec; read that column as an upper bound.)"""
     path = os.environ.get("LEAFE_TEST_MEMLOG")
     if path and os.path.exists("/proc/self/statm"):
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

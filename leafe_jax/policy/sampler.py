@@ -38,9 +38,10 @@ def prefill(graphdef, state, tokens_BxL, lengths_B, cache: KVCache):
     model = nnx.merge(graphdef, state)
     B, T = tokens_BxL.shape
     pos = jnp.broadcast_to(jnp.arange(T)[None], (B, T))
-    logits, cache = model(tokens_BxL, pos, cache=cache, new_lengths_B=lengths_B)
-    last = jnp.take_along_axis(logits, jnp.maximum(lengths_B - 1, 0)[:, None, None], 1)[:, 0]
-    return last, cache
+    # the vocabulary projection at each row's last token only, not at every prompt position
+    logits, cache = model(tokens_BxL, pos, cache=cache, new_lengths_B=lengths_B,
+                          logits_at=jnp.maximum(lengths_B - 1, 0)[:, None])
+    return logits[:, 0], cache
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "strategy", "stop_tokens",
@@ -101,9 +102,8 @@ def extend(graphdef, state, tokens_BxL, lengths_B, cache: KVCache, attend_slots:
     T = tokens_BxL.shape[1]
     pos = cache.lengths[:, None] + jnp.arange(T)[None]
     logits, cache = model(tokens_BxL, pos, cache=cache, new_lengths_B=cache.lengths + lengths_B,
-                          attend_slots=attend_slots)
-    last = jnp.take_along_axis(logits, jnp.maximum(lengths_B - 1, 0)[:, None, None], 1)[:, 0]
-    return last, cache
+                          attend_slots=attend_slots, logits_at=jnp.maximum(lengths_B - 1, 0)[:, None])
+    return logits[:, 0], cache
 
 
 def new_cache(model: Transformer, batch: int, size: int, mesh=None) -> KVCache:

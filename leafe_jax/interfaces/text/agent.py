@@ -48,7 +48,7 @@ from leafe_jax.envs.sokoban.env import EnvState, Sokoban
 from leafe_jax.envs.sokoban.level import Level, level_to_ascii
 from leafe_jax.interfaces.chunks import resumable, run_tag
 from leafe_jax.interfaces.text import format as F
-from leafe_jax.interfaces.text.episode import (STEP_INFO, ChatFormat, TextEpisode, _obs, answer_logprobs,
+from leafe_jax.interfaces.text.episode import (STEP_INFO, ChatFormat, TextEpisode, _obs, span_logprobs,
                                               truncate)
 from leafe_jax.interfaces.text.session import ORACLE_REFLECTOR, SELF_REFLECTOR, TextSession
 
@@ -128,8 +128,8 @@ class TextSokoban:
         """float [R, 4]: the policy's distribution over the four canonical answers
         ``<action>word</action>`` + end of turn at step ``t[r]`` of episode r, given the
         prompt that row saw there (its experiences included), at ``temperature``,
-        normalised over the four (P(action | a well-formed answer)). Teacher-forced full
-        forwards, ``chunk`` sequences at a time. None for a policy without a ``model`` to
+        normalised over the four (P(action | a well-formed answer)). Teacher-forced forwards
+        with logits at the answer tokens only, ``chunk`` sequences at a time. None for a policy without a ``model`` to
         score with (a scripted stand-in)."""
         if not hasattr(policy, "model"):
             return None
@@ -143,16 +143,20 @@ class TextSokoban:
                 seqs.append(prompt + a)
                 spans.append((len(prompt), len(prompt) + len(a)))
         score = np.zeros(len(seqs), np.float64)
+        width = max(len(a) for a in answers)
         for i in range(0, len(seqs), chunk):
             part = seqs[i: i + chunk]
-            L = round_up(max(len(x) for x in part), 64)
+            L = round_up(max(spans[i + j][0] for j in range(len(part))) + width, 64)
             arr = np.zeros((chunk, L), np.int32)
+            start = np.ones(chunk, np.int32)
             for j, x in enumerate(part):
                 arr[j, : len(x)] = x
-            lp = np.asarray(answer_logprobs(policy.model, jnp.asarray(arr), temperature))
+                start[j] = spans[i + j][0]
+            lp = np.asarray(span_logprobs(policy.model, jnp.asarray(arr), jnp.asarray(start),
+                                          jnp.float32(temperature), width))
             for j in range(len(part)):
                 a, b = spans[i + j]
-                score[i + j] = lp[j, a:b].sum()
+                score[i + j] = lp[j, : b - a].sum()
         score = score.reshape(len(t), len(answers))
         p = np.exp(score - score.max(1, keepdims=True))
         return (p / p.sum(1, keepdims=True)).astype(np.float32)

@@ -2,7 +2,7 @@
 
 ``TextEpisode`` (host numpy, leading row axis) is what ``agent.TextSession`` records per
 turn; ``ChatFormat`` makes prompt ids (a shared prefix tokenized once + each turn's own
-ids); ``truncate`` cuts episodes (periodic reflection); ``answer_logprobs`` scores
+ids); ``truncate`` cuts episodes (periodic reflection); ``span_logprobs`` scores
 teacher-forced answers (exact compliance).
 """
 
@@ -91,13 +91,24 @@ def cut_response(tok, ids: np.ndarray) -> int:
     return len(ids)
 
 
-@functools.partial(nnx.jit, static_argnames=("temperature",))
-def answer_logprobs(model, tokens_BxL, temperature: float):
-    """log p(token t | tokens < t) at ``temperature``, aligned to t (column 0 = 0)."""
-    logits, _ = model(tokens_BxL[:, :-1])
+def span_logprobs(model, tokens_BxL, start_B, temperature, width: int):
+    """``[B, width]``: log p(token ``start_B[b] + k`` | the tokens before it) at ``temperature``,
+    k < width, teacher-forced. Logits are computed at those positions only
+    (``Transformer(logits_at=...)``): scoring a short answer after a long prompt never holds
+    the vocabulary for every prompt position. Needs ``start_B >= 1`` and
+    ``start_B + width <= L``."""
+    graphdef, state = nnx.split(model)
+    return _span_logprobs(graphdef, state, tokens_BxL, start_B, temperature, width)
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "width"))
+def _span_logprobs(graphdef, state, tokens_BxL, start_B, temperature, width: int):
+    model = nnx.merge(graphdef, state)
+    pos = start_B[:, None] - 1 + jnp.arange(width)[None]            # the predicting positions
+    logits, _ = model(tokens_BxL, logits_at=pos)
     lp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, -1)
-    tgt = jnp.take_along_axis(lp, tokens_BxL[:, 1:, None], -1)[..., 0]
-    return jnp.concatenate([jnp.zeros((tokens_BxL.shape[0], 1), jnp.float32), tgt], 1)
+    tgt = jnp.take_along_axis(tokens_BxL, pos + 1, 1)
+    return jnp.take_along_axis(lp, tgt[..., None], -1)[..., 0]
 
 
 def truncate(ep: TextEpisode, at) -> TextEpisode:
