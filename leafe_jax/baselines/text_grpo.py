@@ -9,8 +9,9 @@ multi-turn episode this way). Old and reference log-probs are recomputed by full
 with logits only at the response tokens (``masked_logprobs``); each update step is
 ``grpo.grpo_objective`` (token-level clipped ratio + k3 KL to the frozen reference, mean
 over response tokens) on a minibatch of ``minibatch_sequences`` rows. The number of
-sequences is padded to a power of two (padding rows have an empty mask) so a run compiles
-a few shapes.
+sequences is padded to a multiple of ``minibatch_sequences`` (padding rows have an empty
+mask; fewer than one minibatch of them): the log-prob chunks and the update steps have one
+shape per bucketed length, whatever the number of turns.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from leafe_jax.train.loop import LoopConfig, train_loop
 
 def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
     """``tokens`` int32 [N, L], ``loss_mask`` bool [N, L] (response tokens), ``adv`` [N],
-    ``episode`` [N] (-1: padding) - one row per turn of every episode. N is a power of two
-    (>= ``minibatch_sequences``); the real rows are dealt round-robin over the minibatches
-    of ``minibatch_sequences`` rows, so no minibatch is all padding (an empty minibatch
-    would still move Adam's moments)."""
+    ``episode`` [N] (-1: padding) - one row per turn of every episode. N is the number of
+    turns rounded up to a multiple of ``minibatch_sequences``; the real rows are dealt
+    round-robin over the minibatches of ``minibatch_sequences`` rows, so no minibatch is all
+    padding (an empty minibatch would still move Adam's moments)."""
     ep = jax.tree.map(np.asarray, episodes)
     pre = agent.fmt.prefix_ids
     rows, masks, owner = [], [], []
@@ -44,7 +45,7 @@ def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
             masks.append(len(prompt))
             owner.append(r)
     k = minibatch_sequences
-    n = max(k, 1 << max(0, int(np.ceil(np.log2(max(len(rows), 1))))))
+    n = max(k, round_up(len(rows), k))
     mb = n // k
     L = round_up(max(len(x) for x in rows), 64)
     tokens = np.zeros((n, L), np.int32)
