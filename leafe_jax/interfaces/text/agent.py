@@ -129,8 +129,8 @@ class TextSokoban:
         ``<action>word</action>`` + end of turn at step ``t[r]`` of episode r, given the
         prompt that row saw there (its experiences included), at ``temperature``,
         normalised over the four (P(action | a well-formed answer)). Teacher-forced forwards
-        with logits at the answer tokens only, ``chunk`` sequences at a time. None for a policy without a ``model`` to
-        score with (a scripted stand-in)."""
+        with logits at the answer tokens only, ``chunk`` sequences at a time. None for a
+        policy without a ``model`` to score with (a scripted stand-in)."""
         if not hasattr(policy, "model"):
             return None
         ep = jax.tree.map(np.asarray, episodes)
