@@ -25,6 +25,7 @@ from flax import nnx
 
 from leafe_jax.baselines.grpo import GRPOConfig, group_advantages, grpo_objective
 from leafe_jax.data.loader import round_up
+from leafe_jax.interfaces.text.episode import masked_logprobs, masked_logprobs_jit
 from leafe_jax.train.loop import LoopConfig, train_loop
 
 
@@ -60,25 +61,6 @@ def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
     return {"tokens": tokens, "loss_mask": mask, "adv": a.astype(np.float32), "episode": episode}
 
 
-def masked_logprobs(model, tokens_BxL, mask_BxL, targets: int):
-    """``(logp [B, K], valid [B, K], entropy [B, K])`` of the masked tokens of each row (at
-    most ``targets`` = K of them, in order), with logits computed only there
-    (``Transformer(logits_at=...)``): a response's few tokens after a long prompt."""
-    m = mask_BxL[:, 1:]
-    pos = jax.vmap(lambda r: jnp.nonzero(r, size=targets, fill_value=0)[0])(m)
-    valid = jnp.arange(targets)[None] < m.sum(1, keepdims=True)
-    logits, _ = model(tokens_BxL[:, :-1], logits_at=pos)
-    lp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-    tgt = jnp.take_along_axis(tokens_BxL[:, 1:], pos, 1)
-    ent = -(jnp.exp(lp) * lp).sum(-1)
-    return jnp.take_along_axis(lp, tgt[..., None], -1)[..., 0], valid, ent
-
-
-@functools.partial(nnx.jit, static_argnames=("targets",))
-def _masked_logprobs_jit(model, tokens, mask, targets: int):
-    return masked_logprobs(model, tokens, mask, targets)[0]
-
-
 @functools.partial(nnx.jit, static_argnames=("eps", "eps_high", "beta", "targets"),
                    donate_argnames=("model", "optimizer"))
 def _update_step(model, optimizer, batch, *, eps: float, eps_high: float, beta: float, targets: int):
@@ -102,8 +84,8 @@ def _update_step(model, optimizer, batch, *, eps: float, eps_high: float, beta: 
 
 
 def _logprobs(model, tokens, mask, targets: int, chunk: int) -> np.ndarray:
-    return np.concatenate([np.asarray(_masked_logprobs_jit(model, jnp.asarray(tokens[i: i + chunk]),
-                                                           jnp.asarray(mask[i: i + chunk]), targets))
+    return np.concatenate([np.asarray(masked_logprobs_jit(model, jnp.asarray(tokens[i: i + chunk]),
+                                                          jnp.asarray(mask[i: i + chunk]), 1.0, targets))
                            for i in range(0, len(tokens), chunk)])
 
 

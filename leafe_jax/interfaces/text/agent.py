@@ -48,7 +48,7 @@ from leafe_jax.envs.sokoban.env import EnvState, Sokoban
 from leafe_jax.envs.sokoban.level import Level, level_to_ascii
 from leafe_jax.interfaces.chunks import resumable, run_tag
 from leafe_jax.interfaces.text import format as F
-from leafe_jax.interfaces.text.episode import (STEP_INFO, ChatFormat, TextEpisode, _obs, span_logprobs,
+from leafe_jax.interfaces.text.episode import (STEP_INFO, ChatFormat, TextEpisode, _obs, masked_logprobs_jit,
                                               truncate)
 from leafe_jax.interfaces.text.session import ORACLE_REFLECTOR, SELF_REFLECTOR, TextSession
 
@@ -146,14 +146,14 @@ class TextSokoban:
         width = max(len(a) for a in answers)
         for i in range(0, len(seqs), chunk):
             part = seqs[i: i + chunk]
-            L = round_up(max(spans[i + j][0] for j in range(len(part))) + width, 64)
+            L = round_up(max(len(x) for x in part), 64)
             arr = np.zeros((chunk, L), np.int32)
-            start = np.ones(chunk, np.int32)
+            mask = np.zeros((chunk, L), bool)
             for j, x in enumerate(part):
                 arr[j, : len(x)] = x
-                start[j] = spans[i + j][0]
-            lp = np.asarray(span_logprobs(policy.model, jnp.asarray(arr), jnp.asarray(start),
-                                          jnp.float32(temperature), width))
+                mask[j, slice(*spans[i + j])] = True
+            lp = np.asarray(masked_logprobs_jit(policy.model, jnp.asarray(arr), jnp.asarray(mask),
+                                                jnp.float32(temperature), width))
             for j in range(len(part)):
                 a, b = spans[i + j]
                 score[i + j] = lp[j, : b - a].sum()

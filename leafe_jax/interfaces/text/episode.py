@@ -2,8 +2,8 @@
 
 ``TextEpisode`` (host numpy, leading row axis) is what ``agent.TextSession`` records per
 turn; ``ChatFormat`` makes prompt ids (a shared prefix tokenized once + each turn's own
-ids); ``truncate`` cuts episodes (periodic reflection); ``span_logprobs`` scores
-teacher-forced answers (exact compliance).
+ids); ``truncate`` cuts episodes (periodic reflection); ``masked_logprobs`` scores
+teacher-forced answers (exact compliance, GRPO's log-probs).
 """
 
 from __future__ import annotations
@@ -91,24 +91,25 @@ def cut_response(tok, ids: np.ndarray) -> int:
     return len(ids)
 
 
-def span_logprobs(model, tokens_BxL, start_B, temperature, width: int):
-    """``[B, width]``: log p(token ``start_B[b] + k`` | the tokens before it) at ``temperature``,
-    k < width, teacher-forced. Logits are computed at those positions only
-    (``Transformer(logits_at=...)``): scoring a short answer after a long prompt never holds
-    the vocabulary for every prompt position. Needs ``start_B >= 1`` and
-    ``start_B + width <= L``."""
-    graphdef, state = nnx.split(model)
-    return _span_logprobs(graphdef, state, tokens_BxL, start_B, temperature, width)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "width"))
-def _span_logprobs(graphdef, state, tokens_BxL, start_B, temperature, width: int):
-    model = nnx.merge(graphdef, state)
-    pos = start_B[:, None] - 1 + jnp.arange(width)[None]            # the predicting positions
-    logits, _ = model(tokens_BxL, logits_at=pos)
+def masked_logprobs(model, tokens_BxL, mask_BxL, targets: int, temperature=1.0):
+    """``(logp [B, K], valid [B, K], entropy [B, K])`` of the masked tokens of each row (at
+    most ``targets`` = K of them, in order) at ``temperature``, teacher-forced, with logits
+    computed only there (``Transformer(logits_at=...)``): a response's few tokens after a
+    long prompt never hold the vocabulary for every prompt position."""
+    m = mask_BxL[:, 1:]
+    pos = jax.vmap(lambda r: jnp.nonzero(r, size=targets, fill_value=0)[0])(m)
+    valid = jnp.arange(targets)[None] < m.sum(1, keepdims=True)
+    logits, _ = model(tokens_BxL[:, :-1], logits_at=pos)
     lp = jax.nn.log_softmax(logits.astype(jnp.float32) / temperature, -1)
-    tgt = jnp.take_along_axis(tokens_BxL, pos + 1, 1)
-    return jnp.take_along_axis(lp, tgt[..., None], -1)[..., 0]
+    tgt = jnp.take_along_axis(tokens_BxL[:, 1:], pos, 1)
+    ent = -(jnp.exp(lp) * lp).sum(-1)
+    return jnp.take_along_axis(lp, tgt[..., None], -1)[..., 0], valid, ent
+
+
+@functools.partial(nnx.jit, static_argnames=("targets",))
+def masked_logprobs_jit(model, tokens, mask, temperature, targets: int):
+    """``masked_logprobs``' log-probs, compiled (one program per shape and ``targets``)."""
+    return masked_logprobs(model, tokens, mask, targets, temperature)[0]
 
 
 def truncate(ep: TextEpisode, at) -> TextEpisode:
