@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from leafe_jax.cli import main
+from leafe_jax.configs import ConfigError
 from leafe_jax.envs.sokoban.boxoban import read_boxoban, write_boxoban
 from leafe_jax.pipeline import config as C
 from leafe_jax.pipeline import stages as S
@@ -89,6 +90,19 @@ def test_overrides_are_applied_as_given_also_over_tiny():
     assert C.load(None, ["stage1.strategies=['rollback']"], base=C.tiny()).stage1.strategies == ("rollback",)
     with pytest.raises(ValueError, match="is not section.key=value"):
         C.load(None, ["budget=3"])
+
+
+def test_context_length_override_keeps_the_architecture():
+    """``experiment.max_seq_len`` lengthens the preset's context (7x7 / 40 steps needs 1 087
+    tokens, sokoban-small has 1 024) and changes nothing else; 0 keeps the preset's."""
+    preset = C.load(None, []).experiment.policy_config()
+    assert preset.max_seq_len == 1024
+    long = C.load(None, ["experiment.max_seq_len=2048", "experiment.history_length=2"]).experiment.policy_config()
+    assert long.max_seq_len == 2048 and long.window_segments == 3
+    assert long.replace(max_seq_len=1024, window_segments=preset.window_segments,
+                        segment_tokens=preset.segment_tokens) == preset
+    with pytest.raises(ConfigError, match="max_seq_len must be >= 0"):
+        C.load(None, ["experiment.max_seq_len=-1"])
 
 
 @pytest.mark.slow

@@ -74,6 +74,8 @@ class ExperimentConfig:
     seed: int = field(0, lo=0)
     history_length: int = field(0, lo=0, doc="turns of history the policy sees beside the current "
                                              "one and the first observation (0: the whole episode)")
+    max_seq_len: int = field(0, lo=0, doc="the policy's context length (0: the model preset's); "
+                                          "larger boards need more than sokoban-small's 1024")
 
     def __post_init__(self):
         for key, value, known in (("preset", self.preset, ENV_PRESETS), ("model", self.model, MODEL_PRESETS)):
@@ -81,8 +83,12 @@ class ExperimentConfig:
                 raise ConfigError(key, f"must be one of {sorted(known)}, got {value!r}")
 
     def policy_config(self):
-        """The policy's ``ModelConfig``: the preset, windowed when ``history_length`` > 0."""
-        return windowed(MODEL_PRESETS[self.model], self.history_length)
+        """The policy's ``ModelConfig``: the preset (with ``max_seq_len`` when set), windowed
+        when ``history_length`` > 0."""
+        cfg = MODEL_PRESETS[self.model]
+        if self.max_seq_len:
+            cfg = cfg.replace(max_seq_len=self.max_seq_len)
+        return windowed(cfg, self.history_length)
 
 
 @config

@@ -47,7 +47,7 @@ def check_context(cfg: PipelineConfig) -> int:
         raise ValueError(f"preset {preset.name!r} ({preset.max_steps} steps) with "
                          f"stage1.explore.max_depth = {cfg.stage1.explore.max_depth} needs {need} "
                          f"context tokens; model {model.name!r} holds {model.max_seq_len}: use a "
-                         "model with a longer context, a smaller preset or a smaller depth")
+                         "longer context (experiment.max_seq_len), a smaller preset or a smaller depth")
     return need
 
 
