@@ -8,7 +8,7 @@ from flax import nnx
 
 from leafe_jax.policy.config import PRESETS, ModelConfig, get_config
 from leafe_jax.policy.model import abstract_model, create_model, init_cache
-from leafe_jax.policy.sampler import decode, generate, prefill
+from leafe_jax.policy.sampler import bucket, decode, generate, prefill
 from leafe_jax.policy.sampling import Constrained, Greedy, Temperature, TopK, TopP
 
 PROMPTS = np.array([[5, 9, 3, 7, 1, 2], [4, 4, 8, 0, 0, 0], [11, 0, 0, 0, 0, 0]], np.int32)
@@ -141,3 +141,18 @@ def test_config_dict_round_trip_keeps_rope_scaling():
     assert back == cfg and back.rope_scaling is not None
     with pytest.raises(ValueError, match=r"unknown model config keys \['bogus'\]"):
         ModelConfig.from_dict(cfg.to_dict() | {"bogus": 1})
+
+
+def test_bucket_sizes():
+    """Powers of two by default; with ``steps`` sizes per octave, the next of the evenly
+    spaced sizes (hand-worked), never below ``n`` or ``minimum``, monotone, and at most
+    1 / steps of padding above the octave's lower edge."""
+    assert [bucket(n) for n in (1, 16, 17, 122, 129, 330)] == [16, 16, 32, 128, 256, 512]
+    assert [bucket(n, 16, 4) for n in (1, 17, 21, 128, 129, 153, 161, 330, 512)] == \
+        [16, 20, 24, 128, 160, 160, 192, 384, 512]
+    assert [bucket(n, 1, 2) for n in (1, 2, 3, 5, 7, 9, 13, 17, 25, 33)] == [1, 2, 3, 6, 8, 12, 16, 24, 32, 48]
+    for steps in (1, 2, 4):
+        sizes = [bucket(n, 8, steps) for n in range(1, 3000)]
+        assert all(s >= max(n, 8) for n, s in zip(range(1, 3000), sizes))
+        assert sizes == sorted(sizes)
+        assert all(s <= max(8, n * (1 + 1 / steps)) for n, s in zip(range(1, 3000), sizes) if n > 8)

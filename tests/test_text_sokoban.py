@@ -525,6 +525,44 @@ def test_action_distribution_is_the_normalised_answer_likelihood(smol, agent, le
         np.testing.assert_allclose(got[r], want / want.sum(), rtol=2e-3, atol=1e-5)
 
 
+def test_masked_logprobs_with_a_shared_prefix_equal_the_whole_rows():
+    """The prefix's keys and values computed once and broadcast give the log-probs,
+    entropies and parameter gradients of the rows with the prefix prepended (a full
+    forward of each whole row), padding rows and ragged masks included."""
+    from flax import nnx
+    from leafe_jax.interfaces.text.episode import masked_logprobs
+    from leafe_jax.policy.config import get_config
+    from leafe_jax.policy.model import create_model
+    model = create_model(get_config("test-tiny"), seed=3)
+    rng = np.random.default_rng(0)
+    prefix = rng.integers(1, 64, 11).astype(np.int32)
+    rows = rng.integers(1, 64, (3, 9)).astype(np.int32)
+    mask = np.zeros((3, 9), bool)
+    mask[0, 4:7] = True
+    mask[1, 1:9] = True                      # every token after the first (never a target)
+    rows[2, 6:] = 0                          # a shorter row: padding after it
+    mask[2, 5:6] = True
+    whole = np.concatenate([np.broadcast_to(prefix, (3, 11)), rows], 1)
+    wmask = np.concatenate([np.zeros((3, 11), bool), mask], 1)
+
+    def run(tokens, m, pre):
+        def f(params):
+            gd, rest = nnx.split(model, nnx.Param, ...)[0::2]
+            lp, valid, ent = masked_logprobs(nnx.merge(gd, params, rest), jnp.asarray(tokens),
+                                             jnp.asarray(m), 8, 1.3, pre)
+            return (lp * valid).sum(), (lp, valid, ent)
+        return jax.value_and_grad(f, has_aux=True)(nnx.state(model, nnx.Param))
+
+    (v1, (lp1, ok1, e1)), g1 = run(rows, mask, jnp.asarray(prefix))
+    (v2, (lp2, ok2, e2)), g2 = run(whole, wmask, None)
+    np.testing.assert_array_equal(ok1, ok2)
+    assert ok1.sum() == 3 + 8 + 1
+    np.testing.assert_allclose(lp1 * ok1, lp2 * ok2, atol=1e-5)
+    np.testing.assert_allclose(e1 * ok1, e2 * ok2, atol=1e-5)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_text_grpo_batches_and_update(agent, tok, levels):
     """GRPO's text batch: one row per turn, the mask on exactly the response, the episode's
@@ -552,10 +590,14 @@ def test_text_grpo_batches_and_update(agent, tok, levels):
         assert "</action>" in text or not text.startswith("<action>")
         assert tok.decode(batch["tokens"][i][: np.argmax(m[i])]).endswith("<|im_start|>assistant\n")
     np.testing.assert_allclose(batch["old_logp"], batch["ref_logp"])
-    # the log-probs at the response tokens are the full forward's (GRPO's policy_logprobs)
+    # the rows follow the shared instruction prefix; the log-probs at the response tokens
+    # are the full forward's over prefix + row (GRPO's policy_logprobs)
     # (8 rows at a time: all rows' full-vocabulary logits at once would take ~14 GB)
-    logp = lambda: np.concatenate([np.asarray(policy_logprobs(tiny, jnp.asarray(batch["tokens"][i: i + 8])))
-                                   for i in range(0, len(batch["tokens"]), 8)])
+    pre = batch["prefix"]
+    assert pre.tolist() == short.fmt.prefix_ids
+    whole = np.concatenate([np.broadcast_to(pre, (len(m), len(pre))), batch["tokens"]], 1)
+    logp = lambda: np.concatenate([np.asarray(policy_logprobs(tiny, jnp.asarray(whole[i: i + 8])))
+                                   for i in range(0, len(whole), 8)])[:, len(pre):]
     full = logp()
     for i in np.flatnonzero(real):
         at = np.flatnonzero(m[i])

@@ -5,8 +5,11 @@ Each rollout batch: ``tasks_per_step`` tasks x G episodes of the current text po
 Every turn of every episode is one training sequence - the whole prompt the policy saw,
 then the response it generated (cut past ``</action>``, as stored) - with the loss mask on
 the response tokens and its episode's advantage (verl-agent trains the turns of a
-multi-turn episode this way). Old and reference log-probs are recomputed by full forwards
-with logits only at the response tokens (``masked_logprobs``); each update step is
+multi-turn episode this way). The rows hold what follows the instruction prefix every
+prompt shares (``prefix``); its keys and values are computed once per forward and
+broadcast (``masked_logprobs(prefix=...)``), so a row runs only its own ~150 tokens, not
+the ~310 of the whole prompt. Old and reference log-probs are recomputed by forwards with
+logits only at the response tokens (``masked_logprobs``); each update step is
 ``grpo.grpo_objective`` (token-level clipped ratio + k3 KL to the frozen reference, mean
 over response tokens) on a minibatch of ``minibatch_sequences`` rows. The number of
 sequences is padded to a multiple of ``minibatch_sequences`` (padding rows have an empty
@@ -31,7 +34,8 @@ from leafe_jax.train.loop import LoopConfig, train_loop
 
 def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
     """``tokens`` int32 [N, L], ``loss_mask`` bool [N, L] (response tokens), ``adv`` [N],
-    ``episode`` [N] (-1: padding) - one row per turn of every episode. N is the number of
+    ``episode`` [N] (-1: padding) - one row per turn of every episode, after the shared
+    ``prefix`` int32 [P] (the format's instruction prefix). N is the number of
     turns rounded up to a multiple of ``minibatch_sequences``; the real rows are dealt
     round-robin over the minibatches of ``minibatch_sequences`` rows, so no minibatch is all
     padding (an empty minibatch would still move Adam's moments)."""
@@ -40,7 +44,7 @@ def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
     rows, masks, owner = [], [], []
     for r in range(len(ep.num_steps)):
         for t in range(int(ep.start[r]), int(ep.num_steps[r])):
-            prompt = pre + ep.prompt[r, t, : ep.prompt_len[r, t]].tolist()
+            prompt = ep.prompt[r, t, : ep.prompt_len[r, t]].tolist()
             resp = ep.response[r, t, : ep.response_len[r, t]].tolist()
             rows.append(prompt + resp)
             masks.append(len(prompt))
@@ -58,19 +62,22 @@ def turn_sequences(agent, episodes, adv, minibatch_sequences: int = 4) -> dict:
         mask[at, p: len(x)] = True
         episode[at] = owner[i]
     a = np.where(episode >= 0, np.asarray(adv, np.float32)[np.maximum(episode, 0)], 0.0)
-    return {"tokens": tokens, "loss_mask": mask, "adv": a.astype(np.float32), "episode": episode}
+    return {"tokens": tokens, "loss_mask": mask, "adv": a.astype(np.float32), "episode": episode,
+            "prefix": np.asarray(pre, np.int32)}
 
 
 @functools.partial(nnx.jit, static_argnames=("eps", "eps_high", "beta", "targets"),
                    donate_argnames=("model", "optimizer"))
-def _update_step(model, optimizer, batch, *, eps: float, eps_high: float, beta: float, targets: int):
+def _update_step(model, optimizer, batch, prefix, *, eps: float, eps_high: float, beta: float,
+                 targets: int):
     """One optimiser step of ``grpo.grpo_objective`` on one minibatch (log-probs at the
     response tokens only)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def loss_fn(p):
         m = nnx.merge(graphdef, p, rest)
-        logp, valid, ent = masked_logprobs(m, batch["tokens"], batch["loss_mask"], targets)
+        logp, valid, ent = masked_logprobs(m, batch["tokens"], batch["loss_mask"], targets,
+                                           prefix=prefix)
         loss, aux = grpo_objective(logp, batch["old_logp"], batch["ref_logp"], batch["adv"], valid,
                                    eps=eps, eps_high=eps_high, beta=beta)
         v = valid.astype(jnp.float32)
@@ -83,9 +90,11 @@ def _update_step(model, optimizer, batch, *, eps: float, eps_high: float, beta: 
     return {"loss": loss, "grad_norm": gn, **aux}
 
 
-def _logprobs(model, tokens, mask, targets: int, chunk: int) -> np.ndarray:
+def _logprobs(model, tokens, mask, targets: int, chunk: int, prefix) -> np.ndarray:
+    prefix = jnp.asarray(prefix)
     return np.concatenate([np.asarray(masked_logprobs_jit(model, jnp.asarray(tokens[i: i + chunk]),
-                                                          jnp.asarray(mask[i: i + chunk]), 1.0, targets))
+                                                          jnp.asarray(mask[i: i + chunk]), 1.0, targets,
+                                                          prefix))
                            for i in range(0, len(tokens), chunk)])
 
 
@@ -109,8 +118,9 @@ def rollout_batch(agent, policy, ref_model, levels, step: int, key, cfg: GRPOCon
     adv = np.asarray(group_advantages(reward.reshape(B, G), cfg.adv_eps)).reshape(-1)
     batch = turn_sequences(agent, ep, adv, minibatch_sequences)
     K = targets_for(batch["loss_mask"])
-    batch["old_logp"] = _logprobs(policy.model, batch["tokens"], batch["loss_mask"], K, minibatch_sequences)
-    batch["ref_logp"] = _logprobs(ref_model, batch["tokens"], batch["loss_mask"], K, minibatch_sequences)
+    args = (batch["tokens"], batch["loss_mask"], K, minibatch_sequences, batch["prefix"])
+    batch["old_logp"] = _logprobs(policy.model, *args)
+    batch["ref_logp"] = _logprobs(ref_model, *args)
     del batch["episode"]
     stats = {"reward": float(reward.mean()), "success": float(ep.solved.mean()),
              "env_steps": int(out.env_steps.sum()), "tokens_sampled": int(out.tokens.sum()),
@@ -125,12 +135,14 @@ def update(model, optimizer, batch: dict, cfg: GRPOConfig, eps_high: float,
     (one compiled step, whatever the batch's length); metrics are means over the steps."""
     k = minibatch_sequences
     K = batch["old_logp"].shape[1]
+    prefix = jnp.asarray(batch["prefix"])
+    rows = {key: v for key, v in batch.items() if key != "prefix"}
     total, n = None, 0
     for _ in range(cfg.epochs):
         for i in range(0, len(batch["tokens"]), k):
-            b = {key: jnp.asarray(v[i: i + k]) for key, v in batch.items()}
-            m = _update_step(model, optimizer, b, eps=cfg.eps, eps_high=eps_high, beta=cfg.beta,
-                             targets=K)
+            b = {key: jnp.asarray(v[i: i + k]) for key, v in rows.items()}
+            m = _update_step(model, optimizer, b, prefix, eps=cfg.eps, eps_high=eps_high,
+                             beta=cfg.beta, targets=K)
             total = m if total is None else jax.tree.map(jnp.add, total, m)
             n += 1
     return {key: float(v) / n for key, v in total.items()}

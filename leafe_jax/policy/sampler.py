@@ -27,9 +27,17 @@ class SampleOutput(NamedTuple):
     done: jax.Array      # bool [B]   stopped on a stop token
 
 
-def bucket(n: int, minimum: int = 16) -> int:
-    """Round a length up to a power of two (>= ``minimum``) so shapes repeat."""
-    return max(minimum, 1 << max(0, int(np.ceil(np.log2(max(n, 1))))))
+def bucket(n: int, minimum: int = 16, steps: int = 1) -> int:
+    """Round a length up so shapes repeat: to a power of two (>= ``minimum``), or with
+    ``steps`` > 1 to one of ``steps`` evenly spaced sizes per octave (``steps = 4``: 128,
+    160, 192, 224, 256, 320, ...; at most 25 % padding instead of 100 %, for a few more
+    compiled shapes)."""
+    n = max(int(n), 1)
+    top = 1 << int(np.ceil(np.log2(n)))
+    if steps <= 1 or top <= steps:
+        return max(minimum, top)
+    step = top // 2 // steps
+    return max(minimum, top // 2 + -(-(n - top // 2) // step) * step)
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))

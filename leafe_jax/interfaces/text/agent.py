@@ -129,7 +129,8 @@ class TextSokoban:
         ``<action>word</action>`` + end of turn at step ``t[r]`` of episode r, given the
         prompt that row saw there (its experiences included), at ``temperature``,
         normalised over the four (P(action | a well-formed answer)). Teacher-forced forwards
-        with logits at the answer tokens only, ``chunk`` sequences at a time. None for a
+        with logits at the answer tokens only and the shared instruction prefix computed once
+        (``masked_logprobs(prefix=...)``), ``chunk`` sequences at a time. None for a
         policy without a ``model`` to score with (a scripted stand-in)."""
         if not hasattr(policy, "model"):
             return None
@@ -138,12 +139,13 @@ class TextSokoban:
         answers = [self.fmt.tok.encode(F.ANSWER.format(action=w)) + self.fmt.end_ids for w in F.ACTIONS]
         seqs, spans = [], []
         for r in range(len(t)):
-            prompt = self.fmt.prefix_ids + ep.prompt[r, t[r], : ep.prompt_len[r, t[r]]].tolist()
+            prompt = ep.prompt[r, t[r], : ep.prompt_len[r, t[r]]].tolist()
             for a in answers:
                 seqs.append(prompt + a)
                 spans.append((len(prompt), len(prompt) + len(a)))
         score = np.zeros(len(seqs), np.float64)
         width = max(len(a) for a in answers)
+        prefix = jnp.asarray(self.fmt.prefix_ids, jnp.int32)
         for i in range(0, len(seqs), chunk):
             part = seqs[i: i + chunk]
             L = round_up(max(len(x) for x in part), 64)
@@ -153,7 +155,7 @@ class TextSokoban:
                 arr[j, : len(x)] = x
                 mask[j, slice(*spans[i + j])] = True
             lp = np.asarray(masked_logprobs_jit(policy.model, jnp.asarray(arr), jnp.asarray(mask),
-                                                jnp.float32(temperature), width))
+                                                jnp.float32(temperature), width, prefix))
             for j in range(len(part)):
                 a, b = spans[i + j]
                 score[i + j] = lp[j, : b - a].sum()

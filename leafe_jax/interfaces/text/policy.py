@@ -5,8 +5,10 @@ token-id prompts that share an instruction prefix.
 their shared prefix; the prefix's KV cache is computed once (per distinct prefix) and
 broadcast into every row, so a turn prefills only each row's own tokens (``extend``), then
 one jitted ``while_loop`` decode samples up to ``max_new_tokens`` per row, stopping at the
-end-of-turn / end-of-sequence tokens. Rows are padded to a power of two and lengths are
-bucketed, so a whole search compiles a handful of shapes. ``keys`` are per row: a row's
+end-of-turn / end-of-sequence tokens. Rows and lengths are bucketed (``sampler.bucket``: rows to two sizes
+per octave, prompt widths and cache slots to four, so padding wastes at most 25 % of a
+prefill, where powers of two wasted up to half), so a whole search compiles a handful of
+shapes. ``keys`` are per row: a row's
 sample depends on its own key and prompt, not on the rows sampled beside it. With a
 ``mesh`` (a model loaded onto it: ``load_pretrained(..., mesh=mesh)``) the episodes are
 split over the batch axes (rows padded to a multiple of them) and the model's weights are
@@ -40,8 +42,7 @@ class Generation(NamedTuple):
     logprobs: list        # float32 arrays: their log-probs under the sampling distribution
 
 
-def _pow2(n: int) -> int:
-    return 1 << max(0, int(np.ceil(np.log2(max(n, 1)))))
+ROW_STEPS, LENGTH_STEPS = 2, 4          # bucket sizes per octave (rows; widths and slots)
 
 
 @functools.partial(jax.jit, static_argnames=("batch", "size"))
@@ -73,7 +74,7 @@ class LMPolicy:
     def _prefix_cache(self, ids: tuple) -> KVCache:
         if self._prefix is None or self._prefix[0] != ids:
             graphdef, state = nnx.split(self.model)
-            L = bucket(len(ids))
+            L = bucket(len(ids), 16, LENGTH_STEPS)      # <= any turn's slots (bucket is monotone)
             arr = np.zeros((1, L), np.int32)
             arr[0, : len(ids)] = ids
             cache = new_cache(self.model, 1, L)
@@ -97,10 +98,10 @@ class LMPolicy:
         rest = [list(p[prefix_len:]) for p in prompts]
         if min(len(r) for r in rest) < 1:
             raise ValueError("every prompt needs a token after the shared prefix")
-        rows = max(_pow2(B), self.row_multiple)
+        rows = max(bucket(B, 1, ROW_STEPS), self.row_multiple)
         rows = -(-rows // self.row_multiple) * self.row_multiple
-        width = bucket(max(len(r) for r in rest))
-        size = bucket(prefix_len + max(len(r) for r in rest) + max_new_tokens, 64)
+        width = bucket(max(len(r) for r in rest), 16, LENGTH_STEPS)
+        size = bucket(prefix_len + max(len(r) for r in rest) + max_new_tokens, 64, LENGTH_STEPS)
         if size > self.model.cfg.max_seq_len:
             raise ValueError(f"prompts of up to {prefix_len + max(len(r) for r in rest)} tokens + "
                              f"{max_new_tokens} new exceed the model's context of "
