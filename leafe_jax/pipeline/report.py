@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 
-import numpy as np
-
 from leafe_jax.leafe.diagnostics import cost_from_stats, solved_within_env_steps
 from leafe_jax.pipeline.config import PipelineConfig
 from leafe_jax.pipeline.stages import read_json
