@@ -125,11 +125,12 @@ def sokoban_windowed():
     return env, params, starts, create_model(cfg, seed=0)
 
 
-def test_windowed_rollout_logprobs_equal_the_full_forward(sokoban_windowed):
+def test_windowed_rollout_logprobs_equal_the_full_forward(sokoban_windowed, monkeypatch):
     """The agent loop's cached, window-gathered decoding of a windowed policy samples from
     the same distribution the full forward over the finished context gives (what Stage 2 and
     GRPO train on) - for a root with an experience before its first action and for a branch
-    restarted at tau from its parent's prefix."""
+    restarted at tau from its parent's prefix, that prefix fed in one piece or in chunks."""
+    from leafe_jax.interfaces.symbolic import rollout as R
     from leafe_jax.interfaces.symbolic import encoding as E
     from leafe_jax.interfaces.symbolic.rollout import history_window, rollout
     env, params, starts, model = sokoban_windowed
@@ -147,6 +148,14 @@ def test_windowed_rollout_logprobs_equal_the_full_forward(sokoban_windowed):
                  num_steps=T - tau, prefix=prefix, prefix_len=plen,
                  first_feedback=tr.feedback[tau - 1], temperature=1.0, cache_size=tr.tokens.shape[1])
     assert np.array_equal(np.asarray(br.actions), np.asarray(tr.actions[tau:]))
+    assert plen.max() > 3 * 16
+    monkeypatch.setattr(R, "PREFIX_CHUNK", 16)          # the prefix in 4+ pieces, ragged rows
+    chunked = rollout(model, env, params, jax.tree.map(lambda x: x[tau], tr.states), keys,
+                      num_steps=T - tau, prefix=prefix, prefix_len=plen,
+                      first_feedback=tr.feedback[tau - 1], temperature=1.0, cache_size=tr.tokens.shape[1])
+    np.testing.assert_array_equal(np.asarray(chunked.actions), np.asarray(br.actions))
+    np.testing.assert_array_equal(np.asarray(chunked.tokens), np.asarray(br.tokens))
+    np.testing.assert_allclose(np.asarray(chunked.logprobs), np.asarray(br.logprobs), atol=2e-5)
     logits = np.asarray(_jit(model)(jnp.asarray(tr.tokens))[0])
     lp = jax.nn.log_softmax(logits[..., np.asarray(E.ACTION_TOKENS)], -1)
     for b in range(4):

@@ -53,11 +53,14 @@ def _feedback_info(info):
     return {k: info[k] for k in INFO_KEYS}
 
 
+PREFIX_CHUNK = 128     # prefix tokens fed per step (attention scores rows x heads x chunk x slots)
+
+
 @functools.partial(jax.jit, static_argnames=("graphdef", "env", "num_steps", "cache_size",
-                                             "temperature", "num_segments"))
+                                             "temperature", "num_segments", "prefix_chunk"))
 def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, first_fb, keys,
              experience, has_exp, forbidden, *, num_steps: int, cache_size: int, temperature: float,
-             num_segments: int = 4):
+             num_segments: int = 4, prefix_chunk: int = PREFIX_CHUNK):
     """The jitted agent loop. Long because it is one traced body: the sampling, prefill and
     turn closures share the cache layout and the loop's carry, and splitting them apart
     would only pass that state around."""
@@ -89,10 +92,19 @@ def _rollout(graphdef, state, env: Sokoban, params, start, prefix, prefix_len, f
         last = jnp.take_along_axis(logits, (count_B - 1)[:, None, None], 1)[:, 0]
         return cache, buf, last
 
-    # 1. prefix (everything before the current turn)
+    # 1. prefix (everything before the current turn), ``prefix_chunk`` tokens at a time: a
+    # branch's prefix is a whole episode, and its scores in one piece (rows x heads x P x
+    # slots, float32) took > 20 GB for 200 branches of a 7x7 episode
     cache = init_cache(model.cfg, B, cache_size)
     buf = jnp.zeros((B, cache_size), jnp.int32)
-    cache, buf, _ = feed(cache, buf, prefix, prefix_len, turn=False)
+    n_chunks = -(-prefix.shape[1] // prefix_chunk)
+    padded = jnp.pad(prefix, ((0, 0), (0, n_chunks * prefix_chunk - prefix.shape[1])))
+
+    def prefix_step(i, c):
+        part = jax.lax.dynamic_slice_in_dim(padded, i * prefix_chunk, prefix_chunk, 1)
+        count = jnp.clip(prefix_len - i * prefix_chunk, 0, prefix_chunk)
+        return feed(*c, part, count, turn=False)[:2]
+    cache, buf = jax.lax.fori_loop(0, n_chunks, prefix_step, (cache, buf))
     # 2. first turn: cells, feedback, then the optional experience right before the action
     obs0 = jax.vmap(env.get_obs)(start)
     chunk0 = jnp.concatenate([jax.vmap(E.obs_tokens)(obs0), first_fb[:, None], experience], 1)
@@ -217,4 +229,4 @@ def rollout(model, env: Sokoban, params, start_states: EnvState, keys, *, num_st
     graphdef, state = nnx.split(model)
     return _rollout(graphdef, state, env, params, start_states, prefix, prefix_len, first_feedback,
                     keys, experience, has_exp, forbidden, num_steps=num_steps, cache_size=size,
-                    temperature=float(temperature))
+                    temperature=float(temperature), prefix_chunk=PREFIX_CHUNK)
