@@ -85,7 +85,7 @@ def main():
              for steps in (int(x) for x in args.bucket_steps.split(","))]
     for B, steps, e in cases:
         P.LENGTH_STEPS = steps
-        name = str(B) if (steps, e) == (4, None) else f"{B}/steps{steps}" + ("/experience" if e is not None else "")
+        name = str(B) if steps == 4 and e is None else f"{B}/steps{steps}" + ("/experience" if e is not None else "")
         run_once(agent, policy, levels, B, seed=100, experience=e)     # compiles these shapes
         runs = [run_once(agent, policy, levels, B, seed=i, experience=e) for i in range(args.repeats)]
         med = lambda k: float(np.median([r[k] for r in runs]))

@@ -94,7 +94,9 @@ def test_overrides_are_applied_as_given_also_over_tiny():
 
 def test_context_length_override_keeps_the_architecture():
     """``experiment.max_seq_len`` lengthens the preset's context (7x7 / 40 steps needs 1 087
-    tokens, sokoban-small has 1 024) and changes nothing else; 0 keeps the preset's."""
+    tokens, sokoban-small has 1 024) and changes nothing else; 0 keeps the preset's.
+    ``experiment.remat`` only sets the model's remat (its update is tested equal in
+    test_train)."""
     preset = C.load(None, []).experiment.policy_config()
     assert preset.max_seq_len == 1024
     long = C.load(None, ["experiment.max_seq_len=2048", "experiment.history_length=2"]).experiment.policy_config()
@@ -103,6 +105,7 @@ def test_context_length_override_keeps_the_architecture():
                         segment_tokens=preset.segment_tokens) == preset
     with pytest.raises(ConfigError, match="max_seq_len must be >= 0"):
         C.load(None, ["experiment.max_seq_len=-1"])
+    assert C.load(None, ["experiment.remat=true"]).experiment.policy_config() == preset.replace(remat=True)
 
 
 @pytest.mark.slow

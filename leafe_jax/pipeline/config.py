@@ -76,6 +76,8 @@ class ExperimentConfig:
                                              "one and the first observation (0: the whole episode)")
     max_seq_len: int = field(0, lo=0, doc="the policy's context length (0: the model preset's); "
                                           "larger boards need more than sokoban-small's 1024")
+    remat: bool = field(False, doc="recompute each block's activations in the backward pass: "
+                                   "less training memory for long contexts, the same update")
 
     def __post_init__(self):
         for key, value, known in (("preset", self.preset, ENV_PRESETS), ("model", self.model, MODEL_PRESETS)):
@@ -83,11 +85,13 @@ class ExperimentConfig:
                 raise ConfigError(key, f"must be one of {sorted(known)}, got {value!r}")
 
     def policy_config(self):
-        """The policy's ``ModelConfig``: the preset (with ``max_seq_len`` when set), windowed
-        when ``history_length`` > 0."""
+        """The policy's ``ModelConfig``: the preset (with ``max_seq_len`` and ``remat`` when
+        set), windowed when ``history_length`` > 0."""
         cfg = MODEL_PRESETS[self.model]
         if self.max_seq_len:
             cfg = cfg.replace(max_seq_len=self.max_seq_len)
+        if self.remat:
+            cfg = cfg.replace(remat=True)
         return windowed(cfg, self.history_length)
 
 
