@@ -106,6 +106,9 @@ def test_context_length_override_keeps_the_architecture():
     with pytest.raises(ConfigError, match="max_seq_len must be >= 0"):
         C.load(None, ["experiment.max_seq_len=-1"])
     assert C.load(None, ["experiment.remat=true"]).experiment.policy_config() == preset.replace(remat=True)
+    assert C.load(None, ["base.sft.accum=4"]).base.sft.accum == 4
+    with pytest.raises(ValueError, match="batch_size 16 does not split into accum = 3"):
+        C.load(None, ["base.sft.accum=3"])
 
 
 @pytest.mark.slow

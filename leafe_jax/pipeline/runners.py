@@ -201,7 +201,7 @@ def early_experience(base_dir, demo, env, params, cfg: PipelineConfig, out, targ
     for name, d, steps, max_len in phases:
         if steps >= 1:
             finetune(model, d, SFTConfig(steps=steps, batch_size=s.batch_size,
-                                         learning_rate=ee.learning_rate),
+                                         learning_rate=ee.learning_rate, accum=s.accum),
                      os.path.join(out, name), seed=cfg.experiment.seed, max_len=max_len,
                      progress=progress, meta={"model": meta["model"], "preset": meta.get("preset")})
     # the evaluated policy is the last phase's checkpoint

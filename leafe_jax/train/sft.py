@@ -26,10 +26,15 @@ class SFTConfig:
     batch_size: int = field(16, lo=1)
     learning_rate: float = field(3e-4, lo=0, lo_open=True)
     warmup_steps: int | None = field(None, lo=0, doc="default min(50, steps // 10)")
+    accum: int = field(1, lo=1, doc="micro-batches per step (gradient accumulation: the same "
+                                    "update, 1 / accum of the activation memory)")
 
     def __post_init__(self):
         if self.warmup_steps is not None and self.warmup_steps > self.steps:
             raise ValueError(f"warmup_steps {self.warmup_steps} > steps {self.steps}")
+        if self.batch_size % self.accum:
+            raise ValueError(f"batch_size {self.batch_size} does not split into accum = "
+                             f"{self.accum} micro-batches")
 
     @property
     def warmup(self) -> int:
@@ -67,6 +72,6 @@ def finetune(model, data_dir, cfg: SFTConfig, workdir, *, seed: int, max_len: in
         step_fn = functools.partial(step_fn, targets=round_up(max_targets, 8))
     opt = create_optimizer(model, OptimConfig(learning_rate=cfg.learning_rate, warmup_steps=cfg.warmup,
                                               total_steps=cfg.steps), mesh)
-    loop = LoopConfig(num_steps=cfg.steps, log_every=log_every or max(1, min(25, cfg.steps)),
+    loop = LoopConfig(num_steps=cfg.steps, accum=cfg.accum, log_every=log_every or max(1, min(25, cfg.steps)),
                       ckpt_every=ckpt_every or max(1, cfg.steps // 4), progress=progress)
     return train_loop(model, opt, data, loop, workdir, mesh=mesh, meta=meta, step_fn=step_fn)

@@ -139,7 +139,8 @@ def teach_following(preset: Preset, model, cfg: PretrainConfig, workdir, *, seed
             stats_file.write_text(json.dumps(st))
         rounds.append(st)
         metrics = finetune(model, d / "data", SFTConfig(steps=cfg.following_steps, batch_size=cfg.sft.batch_size,
-                                                        learning_rate=cfg.sft.learning_rate),
+                                                        learning_rate=cfg.sft.learning_rate,
+                                                        accum=cfg.sft.accum),
                            d, seed=seed + r, max_len=data_max_len(d / "data"), progress=progress,
                            mesh=mesh, meta=meta)
     _, after = following_examples(env, env.default_params, model, levels,
