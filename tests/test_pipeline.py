@@ -189,6 +189,14 @@ def test_stage_markers_record_their_inputs(tmp_path):
     assert json.loads((tmp_path / "base" / "DONE").read_text())["inputs"]["base"]["sft"]["steps"] == 40
     with pytest.raises(ValueError, match=r"'base'.*base\.sft\.steps differ"):
         S.Stages(str(tmp_path), C.from_dict({"base": {"sft": {"steps": 7}}}, base=cfg)).done("base")
+    # memory-only settings are not inputs: a run resumes with them changed, and markers
+    # written before they existed still match
+    memory = C.load(None, ["experiment.remat=true", "experiment.max_seq_len=2048",
+                           "base.sft.accum=2", "stage2.sft.accum=2"], base=cfg)
+    assert S.Stages(str(tmp_path), memory).done("base")
+    for stage in ("base", "stage1/rollback", "sft/leafe", "baselines/early_experience", "eval/leafe"):
+        got = json.dumps(S.inputs(memory, stage))
+        assert got == json.dumps(S.inputs(cfg, stage)) and "accum" not in got and "remat" not in got
     done = tmp_path / "base" / "DONE"
     old = json.loads(done.read_text())
     old["inputs"]["generator_version"] = 1

@@ -47,9 +47,26 @@ def read_json(path: str):
                          "directory: delete it (and the stage it belongs to) to recompute") from None
 
 
+# Settings that change memory or capacity, never a result: left out of the stage inputs, so
+# a run can resume or be extended with them changed (and run directories made before they
+# existed stay reusable).
+_MEMORY_ONLY = {"experiment": ("max_seq_len", "remat")}
+
+
+def _result_settings(d):
+    """``to_dict(cfg)`` without the memory-only settings: ``_MEMORY_ONLY`` and every SFT
+    section's ``accum`` (gradient accumulation: the same update)."""
+    if isinstance(d, dict):
+        return {k: _result_settings(v) for k, v in d.items()
+                if not (k == "accum" and "learning_rate" in d)}
+    return d
+
+
 def inputs(cfg: PipelineConfig, stage: str) -> dict:
     """What a stage's output depends on: sub-configs of ``cfg`` and its upstream stages."""
-    d = to_dict(cfg)
+    d = _result_settings(to_dict(cfg))
+    for section, keys in _MEMORY_ONLY.items():
+        d[section] = {k: v for k, v in d[section].items() if k not in keys}
     if cfg.experiment.agent == "text":
         base = {"experiment": d["experiment"], "text": d["text"], "generator_version": GENERATOR_VERSION}
     elif cfg.experiment.agent == "host":      # (which envs are evaluated, and how many workers
