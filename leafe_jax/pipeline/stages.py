@@ -53,20 +53,19 @@ def read_json(path: str):
 _MEMORY_ONLY = {"experiment": ("max_seq_len", "remat")}
 
 
-def _result_settings(d):
+def _result_settings(d, section: str = ""):
     """``to_dict(cfg)`` without the memory-only settings: ``_MEMORY_ONLY`` and every SFT
     section's ``accum`` (gradient accumulation: the same update)."""
-    if isinstance(d, dict):
-        return {k: _result_settings(v) for k, v in d.items()
-                if not (k == "accum" and "learning_rate" in d)}
-    return d
+    if not isinstance(d, dict):
+        return d
+    drop = _MEMORY_ONLY.get(section, ())
+    return {k: _result_settings(v, k) for k, v in d.items()
+            if k not in drop and not (k == "accum" and "learning_rate" in d)}
 
 
 def inputs(cfg: PipelineConfig, stage: str) -> dict:
     """What a stage's output depends on: sub-configs of ``cfg`` and its upstream stages."""
     d = _result_settings(to_dict(cfg))
-    for section, keys in _MEMORY_ONLY.items():
-        d[section] = {k: v for k, v in d[section].items() if k not in keys}
     if cfg.experiment.agent == "text":
         base = {"experiment": d["experiment"], "text": d["text"], "generator_version": GENERATOR_VERSION}
     elif cfg.experiment.agent == "host":      # (which envs are evaluated, and how many workers

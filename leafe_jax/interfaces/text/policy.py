@@ -100,10 +100,11 @@ class LMPolicy:
             raise ValueError("every prompt needs a token after the shared prefix")
         rows = max(bucket(B, 1, ROW_STEPS), self.row_multiple)
         rows = -(-rows // self.row_multiple) * self.row_multiple
-        width = bucket(max(len(r) for r in rest), 16, LENGTH_STEPS)
-        size = bucket(prefix_len + max(len(r) for r in rest) + max_new_tokens, 64, LENGTH_STEPS)
+        longest = max(len(r) for r in rest)
+        width = bucket(longest, 16, LENGTH_STEPS)
+        size = bucket(prefix_len + longest + max_new_tokens, 64, LENGTH_STEPS)
         if size > self.model.cfg.max_seq_len:
-            raise ValueError(f"prompts of up to {prefix_len + max(len(r) for r in rest)} tokens + "
+            raise ValueError(f"prompts of up to {prefix_len + longest} tokens + "
                              f"{max_new_tokens} new exceed the model's context of "
                              f"{self.model.cfg.max_seq_len}")
         arr = np.zeros((rows, width), np.int32)
